@@ -1,0 +1,71 @@
+"""One dataclass of engine settings, named as vLLM names them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# CPU default KV budget: vLLM's CPU backend also defaults to 4 GiB (VLLM_CPU_KVCACHE_SPACE).
+DEFAULT_CPU_KV_CACHE_BYTES = 4 << 30
+
+
+@dataclass
+class EngineConfig:
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None  # None: the model's own context length
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None  # None: GPU from gpu_memory_utilization, CPU a default
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None
+    tensor_parallel_size: int = 1
+    speculative_config: dict[str, Any] | None = None
+    enforce_eager: bool = False
+    seed: int = 0
+    num_threads: int | None = None  # CPU threads for torch; None leaves torch's choice
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        require(self.max_num_seqs >= 1, "max_num_seqs", self.max_num_seqs, ">= 1")
+        require(
+            self.max_num_batched_tokens >= 1, "max_num_batched_tokens", self.max_num_batched_tokens, ">= 1"
+        )
+        require(self.block_size >= 1, "block_size", self.block_size, ">= 1")
+        require(
+            0 < self.gpu_memory_utilization <= 1,
+            "gpu_memory_utilization",
+            self.gpu_memory_utilization,
+            "in (0, 1]",
+        )
+        if self.max_model_len is not None:
+            require(self.max_model_len >= 2, "max_model_len", self.max_model_len, ">= 2")
+        if self.kv_cache_memory_bytes is not None:
+            require(
+                self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", self.kv_cache_memory_bytes, "> 0"
+            )
+        # Features with their own issues: refuse clearly rather than ignore.
+        _not_yet(self.quantization is None, "quantization", self.quantization)
+        _not_yet(self.kv_cache_dtype == "auto", "kv_cache_dtype", self.kv_cache_dtype)
+        _not_yet(self.tensor_parallel_size == 1, "tensor_parallel_size", self.tensor_parallel_size)
+        _not_yet(self.speculative_config is None, "speculative_config", self.speculative_config)
+
+
+def require(ok: bool, name: str, value: object, allowed: str) -> None:
+    """Raise the engine's one shape of validation error: the field, its value, what is allowed."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+
+
+def _not_yet(ok: bool, name: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not supported yet by tokenyard's runtime")

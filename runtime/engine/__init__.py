@@ -1,0 +1,1 @@
+"""The engine pipeline: requests -> scheduler (with the KV cache manager) -> model runner."""

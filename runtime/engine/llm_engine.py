@@ -1,0 +1,207 @@
+"""The engine: add_request / step / abort over the scheduler, the KV cache manager and the model runner."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from tokenyard.runtime.config import EngineConfig, require
+from tokenyard.runtime.engine.detokenizer import IncrementalDetokenizer
+from tokenyard.runtime.engine.kv_cache_manager import KVCacheManager
+from tokenyard.runtime.engine.model_runner import ModelRunner
+from tokenyard.runtime.engine.scheduler import Scheduler
+from tokenyard.runtime.engine.sequence import Sequence
+from tokenyard.runtime.layers.sampler import SamplingRow
+from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
+from tokenyard.runtime.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+Prompt = str | dict | list[int]
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.tokenizer = self.runner.loaded.tokenizer
+        self.model_config = self.runner.loaded.config
+        context = self.model_config.max_position_embeddings
+        self.max_model_len = config.max_model_len or context
+        require(
+            self.max_model_len <= context,
+            "max_model_len",
+            self.max_model_len,
+            f"<= the model's context length {context}",
+        )
+        if not config.enable_chunked_prefill:
+            require(
+                config.max_num_batched_tokens >= self.max_model_len,
+                "max_num_batched_tokens",
+                config.max_num_batched_tokens,
+                f">= max_model_len ({self.max_model_len}) without chunked prefill",
+            )
+        num_blocks = self.runner.allocate_kv_cache()
+        if num_blocks * config.block_size < self.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * config.block_size} tokens, fewer than one sequence "
+                f"of max_model_len={self.max_model_len}: raise the memory budget or lower max_model_len"
+            )
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.kv_cache)
+        self._requests: dict[str, _Request] = {}
+        self._rng = random.Random(config.seed)
+        self.num_prompt_tokens = 0  # of requests whose prefill completed
+        self.num_generation_tokens = 0
+
+    # --- requests -------------------------------------------------------------------------------
+    def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+        if isinstance(prompt, dict) and "prompt" in prompt:
+            return self.tokenize(prompt["prompt"])
+        if isinstance(prompt, list):
+            return None, list(prompt)
+        raise ValueError(
+            "prompt must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'"
+        )
+
+    def apply_chat_template(
+        self, messages: list[dict], chat_template: str | None = None, add_generation_prompt: bool = True
+    ) -> str:
+        if chat_template is None and not self.tokenizer.chat_template:
+            raise ValueError("the model has no chat template: pass one (chat_template=...)")
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
+        """Validate and queue a request. Raises ValueError (naming the field and what is allowed) and
+        changes nothing when the request is invalid."""
+        params = params or SamplingParams()
+        if request_id in self._requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        text, token_ids = self.tokenize(prompt)
+        self.check_prompt(token_ids)
+        room = self.max_model_len - len(token_ids)
+        seq = Sequence(
+            request_id, token_ids, params, min(params.max_tokens or room, room), text, self._generator(params)
+        )
+        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
+        self._requests[request_id] = _Request(seq, detokenizer)
+        self.scheduler.add(seq)
+
+    def check_prompt(self, token_ids: list[int]) -> None:
+        require(len(token_ids) > 0, "prompt", "''", "at least one token (the prompt is empty)")
+        require(
+            len(token_ids) < self.max_model_len,
+            "prompt",
+            f"<{len(token_ids)} tokens>",
+            f"shorter than max_model_len={self.max_model_len} tokens (at least one token of output must fit)",
+        )
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        require(bad is None, "prompt_token_ids", bad, f"token ids in [0, {vocab})")
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request at once and free its blocks. Returns False if it was not running or waiting."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.finish(request.seq, "abort")
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    # --- one step ------------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, and report every request that got a new token."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        finishing = [s for s, n in batch.items() if s.num_computed_tokens + n == s.num_tokens]
+        sampled = self.runner.execute(batch, [self._sampling_row(s) for s in finishing])
+        self.scheduler.advance(batch)
+        now = time.monotonic()
+        outputs = []
+        for seq, result in zip(finishing, sampled, strict=True):
+            seq.append_token(result.token_id, result.logprobs)
+            self.num_generation_tokens += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                self.num_prompt_tokens += len(seq.prompt_token_ids)
+            self._check_finished(seq, result.token_id)
+            outputs.append(self._output(seq))
+            if seq.is_finished:
+                self._requests.pop(seq.request_id, None)
+        return outputs
+
+    def _check_finished(self, seq: Sequence, token_id: int) -> None:
+        params = seq.params
+        stop_string = self._requests[seq.request_id].detokenizer.add(token_id)
+        if stop_string is not None:
+            self.scheduler.finish(seq, "stop", stop_string)
+        elif token_id in params.stop_token_ids or (
+            not params.ignore_eos and token_id in self.model_config.eos_token_ids
+        ):
+            self.scheduler.finish(seq, "stop", token_id)
+        elif len(seq.output_token_ids) >= seq.max_tokens:
+            self.scheduler.finish(seq, "length")
+
+    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+        banned: list[int] = []
+        if len(seq.output_token_ids) < seq.params.min_tokens:
+            banned = list(seq.params.stop_token_ids) + (
+                [] if seq.params.ignore_eos else self.model_config.eos_token_ids
+            )
+        return SamplingRow(seq.params, seq.generator, seq.prompt_token_ids, seq.output_token_ids, banned)
+
+    def _generator(self, params: SamplingParams) -> torch.Generator | None:
+        if params.greedy:
+            return None
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        return torch.Generator(self.runner.device).manual_seed(seed)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        detokenizer = self._requests[seq.request_id].detokenizer
+        completion = CompletionOutput(
+            index=0,
+            text=detokenizer.visible_text(seq.is_finished),
+            token_ids=list(seq.output_token_ids),
+            logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+            finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason,
+        )
+        return RequestOutput(
+            seq.request_id,
+            seq.prompt,
+            seq.prompt_token_ids,
+            [completion],
+            seq.is_finished,
+            seq.num_cached_tokens,
+            _timings(seq),
+        )
+
+
+def _timings(seq: Sequence) -> dict[str, float]:
+    times = {"arrival_time": seq.arrival_time}
+    for name in ("first_scheduled_time", "first_token_time"):
+        if getattr(seq, name) is not None:
+            times[name] = getattr(seq, name)
+    return times

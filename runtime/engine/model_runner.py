@@ -1,0 +1,149 @@
+"""All device work: the KV cache tensors, flat inputs for a scheduled batch, the forward pass, sampling."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from tokenyard.runtime.engine.scheduler import ScheduledBatch
+from tokenyard.runtime.engine.sequence import Sequence
+from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
+from tokenyard.runtime.layers.sampler import Sampled, SamplingRow, sample
+from tokenyard.runtime.loaders import LoadedModel, load_model, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        if self.device.type == "cpu" and config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.backend = TorchAttentionBackend()
+        self.loaded: LoadedModel = load_model(
+            resolve_model(config.model), config.dtype, self.device, self.backend
+        )
+        self.model = self.loaded.model
+        self.block_size = config.block_size
+        self.kv_caches: list[torch.Tensor] = []
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.loaded.config.kv_bytes_per_token * self.loaded.dtype.itemsize
+
+    def allocate_kv_cache(self) -> int:
+        """Allocate the block pool once, from the memory budget. Returns the number of blocks."""
+        budget = self._kv_budget_bytes()
+        num_blocks = budget // (self.kv_bytes_per_token * self.block_size)
+        cfg = self.loaded.config
+        shape = (2, num_blocks * self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [
+            torch.zeros(shape, dtype=self.loaded.dtype, device=self.device) for _ in range(cfg.num_layers)
+        ]
+        log.info(
+            "KV cache: %d bytes per token, %d blocks of %d tokens (%.1f MiB, %d tokens)",
+            self.kv_bytes_per_token,
+            num_blocks,
+            self.block_size,
+            num_blocks * self.block_size * self.kv_bytes_per_token / 2**20,
+            num_blocks * self.block_size,
+        )
+        return num_blocks
+
+    def _kv_budget_bytes(self) -> int:
+        if self.config.kv_cache_memory_bytes is not None:
+            return self.config.kv_cache_memory_bytes
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            activations = self._profile_activation_bytes()
+            return max(int(total * self.config.gpu_memory_utilization) - (total - free) - activations, 0)
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return min(DEFAULT_CPU_KV_CACHE_BYTES, available // 4)
+
+    def _profile_activation_bytes(self) -> int:
+        """Peak memory of the largest step (a full token budget of prefill), measured on the device."""
+        n = self.config.max_num_batched_tokens
+        cfg = self.loaded.config
+        scratch = torch.zeros(
+            (2, n, cfg.num_kv_heads, cfg.head_dim), dtype=self.loaded.dtype, device=self.device
+        )
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        meta = AttentionMetadata(
+            torch.arange(n, device=self.device),
+            [0, n],
+            [n],
+            [list(range(-(-n // self.block_size)))],
+            0,
+            self.block_size,
+        )
+        self.backend.prepare(meta, self.device)
+        with torch.inference_mode():
+            hidden = self.model(
+                torch.zeros(n, dtype=torch.long, device=self.device),
+                torch.arange(n, device=self.device),
+                [scratch] * cfg.num_layers,
+                meta,
+            )
+            self.model.compute_logits(hidden[-self.config.max_num_seqs :])
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        del scratch, hidden
+        torch.cuda.empty_cache()
+        return peak
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[Sampled]:
+        """Run one step. ``rows`` describe the sequences that finish their input this step, in batch
+        order; they get one sampled token each."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        sample_index: list[int] = []
+        bs = self.block_size
+        for seq, num_tokens in batch.items():
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_tokens
+            input_ids += _tokens(seq, start, end)
+            positions += range(start, end)
+            table = seq.block_table
+            slot_mapping += [table[p // bs] * bs + p % bs for p in range(start, end)]
+            query_start_loc.append(len(input_ids))
+            if end == seq.num_tokens:
+                sample_index.append(len(input_ids) - 1)
+        num_decodes = next((i for i, n in enumerate(batch.num_new_tokens) if n != 1), len(batch.seqs))
+        device = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
+            query_start_loc=query_start_loc,
+            context_lens=[s.num_computed_tokens + n for s, n in batch.items()],
+            block_tables=[s.block_table for s in batch.seqs],
+            num_decodes=num_decodes,
+            block_size=bs,
+        )
+        self.backend.prepare(meta, device)
+        hidden = self.model(
+            torch.tensor(input_ids, device=device),
+            torch.tensor(positions, device=device),
+            self.kv_caches,
+            meta,
+        )
+        if not sample_index:
+            return []
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_index, device=device)])
+        return sample(logits, rows)
+
+
+def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
+    prompt_len = len(seq.prompt_token_ids)
+    if start >= prompt_len:
+        return seq.output_token_ids[start - prompt_len : end - prompt_len]
+    return seq.prompt_token_ids[start:end] + seq.output_token_ids[: max(end - prompt_len, 0)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,140 @@
+"""Paged attention behind a backend interface.
+
+The model runner builds one ``AttentionMetadata`` per step (the same for every layer); the backend
+turns it into whatever its kernels want once (``prepare``) and then serves every layer (``forward``).
+The torch backend here is the reference that runs anywhere; a Triton paged-attention backend plugs in
+for GPUs without the model or the runner changing.
+
+Within a step, decode rows (one query token each) come first, then prefill chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # (num_tokens,) cache slot for each new token's K/V
+    query_start_loc: list[int]  # (num_seqs + 1,) where each sequence's new tokens start in the flat batch
+    context_lens: list[int]  # (num_seqs,) tokens in the cache for each sequence after this step
+    block_tables: list[list[int]]  # per sequence, its KV blocks in order
+    num_decodes: int  # the first num_decodes sequences have exactly one new token
+    block_size: int
+    backend_state: dict = field(default_factory=dict)  # whatever ``prepare`` derived, reused by all layers
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+
+class AttentionBackend(Protocol):
+    def prepare(self, meta: AttentionMetadata, device: torch.device) -> None: ...
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor: ...
+
+
+def context_slots(block_tables: list[list[int]], length: int, block_size: int) -> torch.Tensor:
+    """(rows, length) cache slots of positions [0, length) of each row's sequence; padding reads slot 0."""
+    width = -(-length // block_size)
+    table = torch.zeros(len(block_tables), width, dtype=torch.long)
+    for row, blocks in enumerate(block_tables):
+        blocks = blocks[:width]
+        table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+    offsets = torch.arange(block_size)
+    return (table[:, :, None] * block_size + offsets).flatten(1)[:, :length]
+
+
+class TorchAttentionBackend:
+    """Reference backend: gathers each sequence's context from the paged cache and runs SDPA.
+
+    Grouped-query heads are folded into the query length ((kv_heads, group * q_len) queries against
+    kv_heads keys), so keys and values are never repeated per query head.
+    """
+
+    def prepare(self, meta: AttentionMetadata, device: torch.device) -> None:
+        state = meta.backend_state
+        d = meta.num_decodes
+        if d:
+            lens = torch.tensor(meta.context_lens[:d])
+            longest = int(lens.max())
+            slots = context_slots(meta.block_tables[:d], longest, meta.block_size)
+            mask = (torch.arange(longest)[None, :] < lens[:, None]).view(d, 1, 1, longest)
+            state["decode_slots"], state["decode_mask"] = slots.to(device), mask.to(device)
+        prefills = []
+        for row in range(d, meta.num_seqs):
+            start, end = meta.query_start_loc[row], meta.query_start_loc[row + 1]
+            context = meta.context_lens[row]
+            prior = context - (end - start)  # tokens already cached before this chunk
+            slots = None
+            if prior:
+                slots = context_slots([meta.block_tables[row]], context, meta.block_size)[0].to(device)
+            prefills.append((start, end, prior, slots))
+        state["prefills"] = prefills
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, dim)."""
+        kv_cache[0].index_copy_(0, meta.slot_mapping, k)
+        kv_cache[1].index_copy_(0, meta.slot_mapping, v)
+        state = meta.backend_state
+        out = torch.empty_like(q)
+        d = meta.num_decodes
+        if d:
+            out[:d] = _decode(q[:d], kv_cache, state["decode_slots"], state["decode_mask"], scale)
+        for start, end, prior, slots in state["prefills"]:
+            if prior:
+                keys, values = kv_cache[0].index_select(0, slots), kv_cache[1].index_select(0, slots)
+            else:
+                keys, values = k[start:end], v[start:end]
+            out[start:end] = _prefill(q[start:end], keys, values, prior, scale)
+        return out
+
+
+def _decode(
+    q: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    rows, heads, dim = q.shape
+    length = slots.shape[1]
+    flat = slots.reshape(-1)
+    keys = kv_cache[0].index_select(0, flat).view(rows, length, -1, dim).transpose(1, 2)
+    values = kv_cache[1].index_select(0, flat).view(rows, length, -1, dim).transpose(1, 2)
+    kv_heads = keys.shape[1]
+    grouped = q.view(rows, kv_heads, heads // kv_heads, dim)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(rows, heads, dim)
+
+
+def _prefill(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prior: int, scale: float
+) -> torch.Tensor:
+    """Causal attention of a chunk of ``n`` queries over ``prior`` cached tokens plus itself."""
+    n, heads, dim = q.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    # (kv_heads, group * n, dim): query row r is token r % n of head-in-group r // n
+    grouped = q.view(n, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(kv_heads, group * n, dim)
+    keys, values = keys.transpose(0, 1), values.transpose(0, 1)
+    query_pos = torch.arange(n, device=q.device).repeat(group) + prior
+    mask = torch.arange(prior + n, device=q.device)[None, :] <= query_pos[:, None]
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
+    return out.view(kv_heads, group, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)

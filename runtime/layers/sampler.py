@@ -1,0 +1,91 @@
+"""From logits to the next token: penalties, temperature, top-k / top-p / min-p, a per-request RNG,
+and logprobs of the raw model output (as vLLM reports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tokenyard.runtime.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    generator: torch.Generator | None
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    banned_token_ids: list[int]  # e.g. EOS while min_tokens is not reached
+
+
+@dataclass
+class Sampled:
+    token_id: int
+    logprobs: dict[int, float] | None
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[Sampled]:
+    """logits: (rows, vocab) float32, one row per request that needs a token this step."""
+    want_logprobs = [r.params.logprobs is not None for r in rows]
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+    if any(row.params.uses_penalties or row.banned_token_ids for row in rows):
+        logits = logits.clone()
+    for i, row in enumerate(rows):
+        if row.params.uses_penalties:
+            _apply_penalties(logits[i], row)
+        if row.banned_token_ids:
+            logits[i, row.banned_token_ids] = float("-inf")
+    chosen = logits.argmax(dim=-1)
+    sampled_rows = [i for i, row in enumerate(rows) if not row.params.greedy]
+    if sampled_rows:
+        probs = _filtered_probs(logits[sampled_rows], [rows[i].params for i in sampled_rows])
+        for j, i in enumerate(sampled_rows):
+            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, with the row's own RNG.
+            noise = torch.empty_like(probs[j]).exponential_(generator=rows[i].generator)
+            chosen[i] = (probs[j] / noise).argmax()
+    tokens = chosen.tolist()
+    results = []
+    for i, row in enumerate(rows):
+        entry = None
+        if raw_logprobs is not None and want_logprobs[i]:
+            entry = {tokens[i]: float(raw_logprobs[i, tokens[i]])}
+            if row.params.logprobs:
+                values, ids = raw_logprobs[i].topk(row.params.logprobs)
+                entry.update(zip(ids.tolist(), values.tolist(), strict=True))
+        results.append(Sampled(tokens[i], entry))
+    return results
+
+
+def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
+    p = row.params
+    if p.repetition_penalty != 1:  # over prompt and output, as Hugging Face and vLLM do
+        seen = torch.tensor(
+            sorted(set(row.prompt_token_ids) | set(row.output_token_ids)),
+            dtype=torch.long,
+            device=logits.device,
+        )
+        values = logits[seen]
+        logits[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+    if row.output_token_ids and (p.presence_penalty or p.frequency_penalty):  # OpenAI: output only
+        counts = torch.bincount(
+            torch.tensor(row.output_token_ids, device=logits.device), minlength=logits.shape[-1]
+        ).to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    temperature = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if any(p.top_k or p.top_p < 1 for p in params):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
+        top_k = torch.tensor([p.top_k or probs.shape[-1] for p in params], device=probs.device)[:, None]
+        top_p = torch.tensor([p.top_p for p in params], device=probs.device)[:, None]
+        # keep a token if it is within top-k and the mass before it is below top-p (the first always stays)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = (rank >= top_k) | (before >= top_p)
+        probs = probs.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), 0.0)
+    min_p = torch.tensor([p.min_p for p in params], device=probs.device)[:, None]
+    if bool((min_p > 0).any()):
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    return probs

@@ -1,0 +1,71 @@
+"""Hugging Face directories: config.json, *.safetensors, tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES, LlamaConfig
+
+
+def read_config(directory: Path) -> tuple[LlamaConfig, torch.dtype | None]:
+    raw = json.loads((directory / "config.json").read_text())
+    architecture = (raw.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"{directory}: architecture {architecture!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    family = SUPPORTED_ARCHITECTURES[architecture]
+    heads = raw["num_attention_heads"]
+    context = raw.get("max_position_embeddings", 2048)
+    if raw.get("sliding_window") and raw.get("use_sliding_window", family == "mistral"):
+        context = min(
+            context, raw["sliding_window"]
+        )  # within the window, sliding attention is full attention
+    config = LlamaConfig(
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=raw.get("num_key_value_heads") or heads,
+        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+        max_position_embeddings=context,
+        rope_theta=raw.get("rope_theta", (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        rope_scaling=raw.get("rope_scaling"),
+        rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=raw.get("tie_word_embeddings", False),
+        attention_bias=raw.get("attention_bias", family == "qwen2"),
+        eos_token_ids=_eos_ids(directory, raw),
+        architecture=family,
+    )
+    dtype_name = raw.get("torch_dtype") or raw.get("dtype")
+    return config, getattr(torch, dtype_name) if isinstance(dtype_name, str) else None
+
+
+def _eos_ids(directory: Path, raw: dict) -> list[int]:
+    ids: list[int] = []
+    sources = [raw]
+    generation = directory / "generation_config.json"
+    if generation.is_file():
+        sources.append(json.loads(generation.read_text()))
+    for source in sources:
+        value = source.get("eos_token_id")
+        for token in value if isinstance(value, list) else [value]:
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return ids
+
+
+def iter_weights(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors files (other weight formats are not loaded)")
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:  # memory-mapped: tensors are read on access
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                yield name, handle.get_tensor(name)

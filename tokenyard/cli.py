@@ -1,0 +1,43 @@
+"""The ``tokenyard`` command. Each subcommand imports its part only when it runs, so
+``tokenyard --help`` never imports torch and an operator image does not need it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tokenyard import __version__
+
+# name -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("tokenyard.runtime.cli_generate", "run the engine offline on prompts and print completions"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenyard", description="Kubernetes-native LLM serving.")
+    parser.add_argument("--version", action="version", version=f"tokenyard {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv)  # prints help / version / the unknown-command error
+        parser.print_help()
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"tokenyard {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(sub)
+    return int(module.run(sub.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
