@@ -37,9 +37,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
         require(self.max_num_seqs >= 1, "max_num_seqs", self.max_num_seqs, ">= 1")
-        require(
-            self.max_num_batched_tokens >= 1, "max_num_batched_tokens", self.max_num_batched_tokens, ">= 1"
-        )
+        require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", self.max_num_batched_tokens, ">= 1")
         require(self.block_size >= 1, "block_size", self.block_size, ">= 1")
         require(
             0 < self.gpu_memory_utilization <= 1,
@@ -50,9 +48,7 @@ class EngineConfig:
         if self.max_model_len is not None:
             require(self.max_model_len >= 2, "max_model_len", self.max_model_len, ">= 2")
         if self.kv_cache_memory_bytes is not None:
-            require(
-                self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", self.kv_cache_memory_bytes, "> 0"
-            )
+            require(self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", self.kv_cache_memory_bytes, "> 0")
         # Features with their own issues: refuse clearly rather than ignore.
         _not_yet(self.quantization is None, "quantization", self.quantization)
         _not_yet(self.kv_cache_dtype == "auto", "kv_cache_dtype", self.kv_cache_dtype)

@@ -28,9 +28,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt to completion; results come back in the order of the prompts. An invalid
         prompt raises ValueError (saying which one) before any work starts."""
-        if isinstance(prompts, (str, dict)) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = _per_prompt(sampling_params, len(prompts))
         request_ids = [f"offline-{next(self._ids)}" for _ in prompts]
@@ -76,7 +74,5 @@ def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, count:
     if isinstance(params, SamplingParams):
         return [params] * count
     if len(params) != count:
-        raise ValueError(
-            f"sampling_params has {len(params)} entries for {count} prompts: give one, or one per prompt"
-        )
+        raise ValueError(f"sampling_params has {len(params)} entries for {count} prompts: give one, or one per prompt")
     return list(params)

@@ -7,9 +7,7 @@ from transformers import PreTrainedTokenizerBase
 
 
 class IncrementalDetokenizer:
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, stop: list[str], skip_special_tokens: bool
-    ) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], skip_special_tokens: bool) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.skip_special_tokens = skip_special_tokens

@@ -33,7 +33,8 @@ class KVCacheManager:
         # (and stay findable) until they are reused.
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[bytes, int] = {}
-        self._seq_hashes: dict[str, list[bytes]] = {}
+        self._seq_hashes: dict[str, list[bytes]] = {}  # request id -> chain hashes of its full blocks
+        self._pending: dict[bytes, str] = {}  # hash of a block being computed -> the request computing it
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -56,15 +57,22 @@ class KVCacheManager:
             return []
         tokens = seq.token_ids
         matched: list[int] = []
-        parent: bytes | None = None
-        for start in range(0, len(tokens) - 1 - self.block_size + 1, self.block_size):
-            chunk = tuple(tokens[start : start + self.block_size])
-            parent = chain_hash(parent, chunk)
-            block_id = self._cached.get(parent)
+        for index, block_hash in enumerate(self._block_hashes(seq)[: (len(tokens) - 1) // self.block_size]):
+            block_id = self._cached.get(block_hash)
+            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
             if block_id is None or self.blocks[block_id].token_ids != chunk:
                 break
             matched.append(block_id)
         return matched
+
+    def computed_elsewhere_soon(self, seq: Sequence, num_cached_blocks: int) -> bool:
+        """Whether the first block ``seq`` would compute is being computed right now by another request
+        (the same system prompt arriving in a burst): waiting one step turns it into a cache hit."""
+        if not self.enable_prefix_caching:
+            return False
+        hashes = self._block_hashes(seq)
+        owner = self._pending.get(hashes[num_cached_blocks]) if num_cached_blocks < len(hashes) else None
+        return owner is not None and owner != seq.request_id
 
     def record_lookup(self, num_queried: int, num_hit: int) -> None:
         self.prefix_cache_queries += num_queried
@@ -72,35 +80,38 @@ class KVCacheManager:
 
     def allocate(self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] | None = None) -> bool:
         """Make ``seq``'s block table cover ``num_new_tokens`` more tokens, taking ``cached_blocks`` (from
-        ``match_prefix``) as its head. Returns False, changing nothing, when the pool is short."""
+        ``match_prefix``) as its head on admission. Returns False, changing nothing, when the pool is short."""
         cached_blocks = cached_blocks or []
         covered = seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
         needed = -(-covered // self.block_size) - len(seq.block_table) - len(cached_blocks)
         reclaimed = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
         if needed > self.num_free_blocks - reclaimed:
             return False
-        if cached_blocks:
-            for block_id in cached_blocks:
-                self._touch(block_id)
-            self._seq_hashes[seq.request_id] = [self.blocks[b].block_hash for b in cached_blocks]
-            seq.block_table.extend(cached_blocks)
+        admitting = not seq.block_table
+        for block_id in cached_blocks:
+            seq.block_table.append(self._touch(block_id))
         for _ in range(max(needed, 0)):
             seq.block_table.append(self._pop_free())
+        if admitting and self.enable_prefix_caching:
+            for block_hash in self._block_hashes(seq)[len(cached_blocks) :]:
+                self._pending.setdefault(block_hash, seq.request_id)
         return True
 
-    def cache_full_blocks(self, seq: Sequence) -> None:
-        """Register the blocks that became full and computed so later requests can share them."""
+    def cache_full_blocks(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Register the blocks that the last ``num_new_tokens`` computed tokens filled, so later requests
+        can share them."""
         if not self.enable_prefix_caching:
             return
-        hashes = self._seq_hashes.setdefault(seq.request_id, [])
-        tokens = seq.token_ids
-        for index in range(len(hashes), seq.num_computed_tokens // self.block_size):
-            chunk = tuple(tokens[index * self.block_size : (index + 1) * self.block_size])
-            block_hash = chain_hash(hashes[-1] if hashes else None, chunk)
-            hashes.append(block_hash)
+        hashes = self._block_hashes(seq)
+        first = (seq.num_computed_tokens - num_new_tokens) // self.block_size
+        for index in range(first, seq.num_computed_tokens // self.block_size):
             block = self.blocks[seq.block_table[index]]
+            block_hash = hashes[index]
+            if self._pending.get(block_hash) == seq.request_id:
+                del self._pending[block_hash]
             if block.block_hash is None and block_hash not in self._cached:
-                block.block_hash, block.token_ids = block_hash, chunk
+                block.block_hash = block_hash
+                block.token_ids = tuple(seq.token_ids[index * self.block_size : (index + 1) * self.block_size])
                 self._cached[block_hash] = block.block_id
 
     def free(self, seq: Sequence) -> None:
@@ -113,7 +124,21 @@ class KVCacheManager:
                 if block.block_hash is None:  # holds nothing reusable: hand it out first
                     self._free.move_to_end(block_id, last=False)
         seq.block_table.clear()
-        self._seq_hashes.pop(seq.request_id, None)
+        for block_hash in self._seq_hashes.pop(seq.request_id, []):
+            if self._pending.get(block_hash) == seq.request_id:
+                del self._pending[block_hash]
+
+    def _block_hashes(self, seq: Sequence) -> list[bytes]:
+        """Chain hashes of ``seq``'s full blocks, extended as its tokens grow."""
+        hashes = self._seq_hashes.setdefault(seq.request_id, [])
+        size = self.block_size
+        if len(hashes) < seq.num_tokens // size:
+            tokens = seq.token_ids
+            for index in range(len(hashes), len(tokens) // size):
+                hashes.append(
+                    chain_hash(hashes[-1] if hashes else None, tuple(tokens[index * size : (index + 1) * size]))
+                )
+        return hashes
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached block (their contents stay valid for the sequences holding them)."""

@@ -73,9 +73,7 @@ class LLMEngine:
             return self.tokenize(prompt["prompt"])
         if isinstance(prompt, list):
             return None, list(prompt)
-        raise ValueError(
-            "prompt must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'"
-        )
+        raise ValueError("prompt must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'")
 
     def apply_chat_template(
         self, messages: list[dict], chat_template: str | None = None, add_generation_prompt: bool = True

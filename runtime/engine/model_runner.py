@@ -23,9 +23,7 @@ class ModelRunner:
         if self.device.type == "cpu" and config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.backend = TorchAttentionBackend()
-        self.loaded: LoadedModel = load_model(
-            resolve_model(config.model), config.dtype, self.device, self.backend
-        )
+        self.loaded: LoadedModel = load_model(resolve_model(config.model), config.dtype, self.device, self.backend)
         self.model = self.loaded.model
         self.block_size = config.block_size
         self.kv_caches: list[torch.Tensor] = []
@@ -67,9 +65,7 @@ class ModelRunner:
         """Peak memory of the largest step (a full token budget of prefill), measured on the device."""
         n = self.config.max_num_batched_tokens
         cfg = self.loaded.config
-        scratch = torch.zeros(
-            (2, n, cfg.num_kv_heads, cfg.head_dim), dtype=self.loaded.dtype, device=self.device
-        )
+        scratch = torch.zeros((2, n, cfg.num_kv_heads, cfg.head_dim), dtype=self.loaded.dtype, device=self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         meta = AttentionMetadata(

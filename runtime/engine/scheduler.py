@@ -85,6 +85,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             cached = self.kv_cache.match_prefix(seq)
+            if self.kv_cache.computed_elsewhere_soon(seq, len(cached)):
+                break
             num_cached = len(cached) * self.kv_cache.block_size
             num_tokens = min(seq.num_tokens - num_cached, budget)
             if num_tokens < seq.num_tokens - num_cached and not self.config.enable_chunked_prefill:
@@ -114,7 +116,7 @@ class Scheduler:
         """Account the tokens the model just computed, and share their full blocks."""
         for seq, num_tokens in batch.items():
             seq.num_computed_tokens += num_tokens
-            self.kv_cache.cache_full_blocks(seq)
+            self.kv_cache.cache_full_blocks(seq, num_tokens)
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         if seq.status is Status.RUNNING:

@@ -68,11 +68,7 @@ class TorchAttentionBackend:
         state = meta.backend_state
         d = meta.num_decodes
         if d:
-            lens = torch.tensor(meta.context_lens[:d])
-            longest = int(lens.max())
-            slots = context_slots(meta.block_tables[:d], longest, meta.block_size)
-            mask = (torch.arange(longest)[None, :] < lens[:, None]).view(d, 1, 1, longest)
-            state["decode_slots"], state["decode_mask"] = slots.to(device), mask.to(device)
+            state["decode"] = _plan_decode(meta, device)
         prefills = []
         for row in range(d, meta.num_seqs):
             start, end = meta.query_start_loc[row], meta.query_start_loc[row + 1]
@@ -100,7 +96,7 @@ class TorchAttentionBackend:
         out = torch.empty_like(q)
         d = meta.num_decodes
         if d:
-            out[:d] = _decode(q[:d], kv_cache, state["decode_slots"], state["decode_mask"], scale)
+            out[:d] = _decode(q[:d], kv_cache, state["decode"], scale)
         for start, end, prior, slots in state["prefills"]:
             if prior:
                 keys, values = kv_cache[0].index_select(0, slots), kv_cache[1].index_select(0, slots)
@@ -110,23 +106,71 @@ class TorchAttentionBackend:
         return out
 
 
-def _decode(
-    q: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, scale: float
-) -> torch.Tensor:
+# Measured on CPU: SDPA's kernel wins for a few decode rows, plain matmuls for many.
+SDPA_MAX_DECODE_ROWS = 8
+
+
+@dataclass
+class _DecodePlan:
+    """Decode rows read [shared prefix | own suffix]. The prefix (blocks every row holds, e.g. one
+    system prompt from the prefix cache) is gathered once and attended by all rows in one matmul
+    (cascade attention); each row's suffix is gathered per row and padded."""
+
+    shared_slots: torch.Tensor | None  # (shared_len,)
+    suffix_slots: torch.Tensor  # (rows, longest_suffix)
+    suffix_mask: torch.Tensor  # (rows, 1, 1, longest_suffix), True where a key exists
+
+
+def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
+    d, bs = meta.num_decodes, meta.block_size
+    tables, lens = meta.block_tables[:d], meta.context_lens[:d]
+    shared_blocks = 0
+    if d > 1:
+        shortest = min(lens) // bs  # only blocks that are full in every row
+        first = tables[0]
+        while shared_blocks < shortest and all(t[shared_blocks] == first[shared_blocks] for t in tables):
+            shared_blocks += 1
+    shared = shared_blocks * bs
+    suffix_lens = torch.tensor(lens) - shared
+    longest = int(suffix_lens.max())
+    suffix_slots = context_slots([t[shared_blocks:] for t in tables], longest, bs)
+    mask = (torch.arange(longest)[None, :] < suffix_lens[:, None]).view(d, 1, 1, longest)
+    shared_slots = context_slots([first[:shared_blocks]], shared, bs)[0].to(device) if shared else None
+    return _DecodePlan(shared_slots, suffix_slots.to(device), mask.to(device))
+
+
+def _decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: _DecodePlan, scale: float) -> torch.Tensor:
     rows, heads, dim = q.shape
-    length = slots.shape[1]
-    flat = slots.reshape(-1)
-    keys = kv_cache[0].index_select(0, flat).view(rows, length, -1, dim).transpose(1, 2)
-    values = kv_cache[1].index_select(0, flat).view(rows, length, -1, dim).transpose(1, 2)
-    kv_heads = keys.shape[1]
-    grouped = q.view(rows, kv_heads, heads // kv_heads, dim)
-    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
-    return out.reshape(rows, heads, dim)
+    kv_heads = kv_cache.shape[2]
+    group = heads // kv_heads
+    grouped = q.view(rows, kv_heads, group, dim)
+    length = plan.suffix_slots.shape[1]
+    flat = plan.suffix_slots.reshape(-1)
+    keys = kv_cache[0].index_select(0, flat).view(rows, length, kv_heads, dim).transpose(1, 2)
+    values = kv_cache[1].index_select(0, flat).view(rows, length, kv_heads, dim).transpose(1, 2)
+    if plan.shared_slots is None and rows <= SDPA_MAX_DECODE_ROWS:
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=plan.suffix_mask, scale=scale)
+        return out.reshape(rows, heads, dim)
+    scores = (grouped @ keys.transpose(-1, -2)).float().mul_(scale).masked_fill_(~plan.suffix_mask, float("-inf"))
+    if plan.shared_slots is None:
+        return (torch.softmax(scores, dim=-1).to(q.dtype) @ values).reshape(rows, heads, dim)
+    # all rows' queries against the shared keys at once: (kv_heads, rows * group, shared_len)
+    shared_keys = kv_cache[0].index_select(0, plan.shared_slots).permute(1, 2, 0)
+    shared_values = kv_cache[1].index_select(0, plan.shared_slots).transpose(0, 1)
+    stacked = grouped.transpose(0, 1).reshape(kv_heads, rows * group, dim)
+    shared_scores = (stacked @ shared_keys).float().mul_(scale)
+    # one softmax over both parts: a common max, then the two weighted sums over one normaliser
+    top = torch.maximum(scores.amax(-1), shared_scores.view(kv_heads, rows, group, -1).amax(-1).transpose(0, 1))
+    weights = torch.exp(scores - top[..., None])
+    shared_weights = torch.exp(shared_scores - top.transpose(0, 1).reshape(kv_heads, rows * group, 1))
+    total = weights.sum(-1) + shared_weights.sum(-1).view(kv_heads, rows, group).transpose(0, 1)
+    out = (weights.to(q.dtype) @ values).float()
+    shared_out = (shared_weights.to(q.dtype) @ shared_values).float()
+    out += shared_out.view(kv_heads, rows, group, dim).transpose(0, 1)
+    return (out / total[..., None]).to(q.dtype).reshape(rows, heads, dim)
 
 
-def _prefill(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prior: int, scale: float
-) -> torch.Tensor:
+def _prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, prior: int, scale: float) -> torch.Tensor:
     """Causal attention of a chunk of ``n`` queries over ``prior`` cached tokens plus itself."""
     n, heads, dim = q.shape
     kv_heads = keys.shape[1]

@@ -55,8 +55,7 @@ def read_config(reader: GGUFReader) -> LlamaConfig:
             "factors": np.asarray(factors.data, dtype=np.float32).tolist(),
         }
     return LlamaConfig(
-        vocab_size=_field(reader, f"{arch}.vocab_size", None)
-        or len(reader.fields["tokenizer.ggml.tokens"].data),
+        vocab_size=_field(reader, f"{arch}.vocab_size", None) or len(reader.fields["tokenizer.ggml.tokens"].data),
         hidden_size=hidden,
         intermediate_size=_field(reader, f"{arch}.feed_forward_length"),
         num_layers=_field(reader, f"{arch}.block_count"),
@@ -84,13 +83,9 @@ def iter_weights(reader: GGUFReader, config: LlamaConfig) -> Iterator[tuple[str,
                 f"{', '.join(sorted(t.name for t in TENSOR_TYPES))}"
             )
         name = _hf_name(tensor.name)
-        with (
-            warnings.catch_warnings()
-        ):  # F32 tensors are read-only views of the mapped file: we only read them
+        with warnings.catch_warnings():  # F32 tensors are read-only views of the mapped file: we only read them
             warnings.simplefilter("ignore", UserWarning)
-            values = torch.from_numpy(
-                np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), np.float32)
-            )
+            values = torch.from_numpy(np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), np.float32))
         if config.architecture == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config.num_heads if name.endswith("q_proj.weight") else config.num_kv_heads
             values = _unpermute_rotary(values, heads)
@@ -111,9 +106,7 @@ def _hf_name(gguf_name: str) -> str:
 def _unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's converter interleaves each head's rotary halves; undo it for the rotate-half layout."""
     rows = weight.shape[0]
-    return (
-        weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-    )
+    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
 def _field(reader: GGUFReader, key: str, default: object = ...) -> object:

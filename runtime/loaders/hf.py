@@ -23,9 +23,7 @@ def read_config(directory: Path) -> tuple[LlamaConfig, torch.dtype | None]:
     heads = raw["num_attention_heads"]
     context = raw.get("max_position_embeddings", 2048)
     if raw.get("sliding_window") and raw.get("use_sliding_window", family == "mistral"):
-        context = min(
-            context, raw["sliding_window"]
-        )  # within the window, sliding attention is full attention
+        context = min(context, raw["sliding_window"])  # within the window, sliding attention is full attention
     config = LlamaConfig(
         vocab_size=raw["vocab_size"],
         hidden_size=raw["hidden_size"],

@@ -70,9 +70,7 @@ def _from_hf_cache(repo_id: str) -> Path | None:
     ref = snapshots.parent / "refs" / "main"
     candidates = [snapshots / ref.read_text().strip()] if ref.is_file() else []
     candidates += (
-        sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if snapshots.is_dir()
-        else []
+        sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True) if snapshots.is_dir() else []
     )
     return next((c for c in candidates if (c / "config.json").is_file()), None)
 

@@ -41,9 +41,7 @@ class LoadedModel:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
-def load_model(
-    source: ModelSource, dtype: str, device: torch.device, backend: AttentionBackend
-) -> LoadedModel:
+def load_model(source: ModelSource, dtype: str, device: torch.device, backend: AttentionBackend) -> LoadedModel:
     if source.format == "gguf":
         reader = gguf.open_gguf(source.path)
         config, native_dtype = gguf.read_config(reader), None
@@ -75,8 +73,7 @@ def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -
         return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
     if name == "float16" and device.type == "cpu":
         raise ValueError(
-            "dtype='float16' is not served on CPU (its matmuls are ~1000x slower there): "
-            "use bfloat16 or float32"
+            "dtype='float16' is not served on CPU (its matmuls are ~1000x slower there): use bfloat16 or float32"
         )
     return getattr(torch, name)
 
@@ -106,8 +103,7 @@ def _fill(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]) 
             param = params[f"{module_path}.{kind}"]
             if param.shape != tensor.shape:
                 raise ValueError(
-                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, "
-                    f"the model expects {tuple(param.shape)}"
+                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
                 )
             param.data.copy_(tensor)
             loaded[f"{module_path}.{kind}"] += 1

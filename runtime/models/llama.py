@@ -46,9 +46,7 @@ class Attention(nn.Module):
             config.head_dim,
         )
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(
-            config.hidden_size, [q_size, kv_size, kv_size], bias=config.attention_bias
-        )
+        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.attention_bias)
         self.o_proj = Linear(q_size, config.hidden_size)
         self.rotary = rotary
         self.backend = backend

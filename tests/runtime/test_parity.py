@@ -35,13 +35,9 @@ def assert_matches_reference(reference, output: RequestOutput) -> None:
     ref_logprobs = torch.log_softmax(logits, dim=-1)
     for step, token in enumerate(generated):
         row = logits[start + step]
-        assert row[token] >= row.max() - 1e-4, (
-            f"token {step}: picked {token}, reference argmax {int(row.argmax())}"
-        )
+        assert row[token] >= row.max() - 1e-4, f"token {step}: picked {token}, reference argmax {int(row.argmax())}"
         for token_id, logprob in output.outputs[0].logprobs[step].items():
-            assert abs(logprob - float(ref_logprobs[start + step, token_id])) < 1e-3, (
-                f"token {step}, id {token_id}"
-            )
+            assert abs(logprob - float(ref_logprobs[start + step, token_id])) < 1e-3, f"token {step}, id {token_id}"
     assert len(generated) == len(output.outputs[0].logprobs)
 
 
@@ -50,9 +46,7 @@ def test_chat_prompt_ids_are_the_reference_template_ids(llm_fp32, reference):
     for conversation in conversations():
         [out] = llm_fp32.chat(conversation, SamplingParams(temperature=0, max_tokens=1))
         expected = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-        expected = (
-            expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
-        )
+        expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
         assert out.prompt_token_ids == list(expected)
 
 
@@ -104,16 +98,17 @@ def test_prompts_chunked_under_a_tiny_token_budget(smollm2_gguf, reference, budg
 
 def test_preempted_requests_finish_with_the_reference_output(smollm2_gguf, reference):
     kv_bytes_per_token = 2 * 30 * 3 * 64 * 4
+    blocks = 24  # 384 tokens: six requests growing to ~200 tokens each cannot all stay
     llm = LLM(
         str(smollm2_gguf),
         dtype="float32",
-        max_model_len=512,
-        max_num_batched_tokens=512,
-        kv_cache_memory_bytes=40 * 16 * kv_bytes_per_token,
-    )  # 40 blocks: far fewer than 6 requests need
-    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True, logprobs=1)
+        max_model_len=256,
+        max_num_batched_tokens=256,
+        kv_cache_memory_bytes=blocks * 16 * kv_bytes_per_token,
+    )
+    params = SamplingParams(temperature=0, max_tokens=96, ignore_eos=True, logprobs=1)
     outs = llm.chat(conversations(), params)
     assert llm.engine.scheduler.num_preemptions > 0
     for out in outs:
-        assert len(out.outputs[0].token_ids) == 48
+        assert len(out.outputs[0].token_ids) == 96
         assert_matches_reference(reference, out)

@@ -1,0 +1,232 @@
+"""Engine benchmark on the packaged SmolLM2-135M: tokenyard's engine against Hugging Face transformers
+(`generate`) measured in the same process, reported as ratios in docs/benchmarks.md.
+
+    python -m benchmarks.engine --out docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.bench.workloads import classifier_conversations
+from tokenyard.runtime.loaders.resolve import _packaged_gguf
+
+OUTPUT_TOKENS = 50
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    target: str  # e.g. ">= 10x"
+    ratio_ok: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline
+
+
+def hf_model(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _packaged_gguf()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def hf_chat_ids(tokenizer, conversations) -> list[list[int]]:
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+@torch.inference_mode()
+def hf_generate(model, tokenizer, batch: list[list[int]], new_tokens: int) -> float:
+    """Seconds for one padded static batch, exactly ``new_tokens`` generated per row."""
+    enc = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
+    start = time.perf_counter()
+    model.generate(
+        **enc,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    return time.perf_counter() - start
+
+
+def classifier_rows(llm: LLM, hf, requests: int, sequential: int, batch_size: int) -> list[Row]:
+    model, tokenizer = hf
+    conversations = classifier_conversations(requests, seed=1)
+    ids = hf_chat_ids(tokenizer, conversations)
+    hf_generate(model, tokenizer, ids[:1], 2)  # warm-up
+    one_by_one = sum(hf_generate(model, tokenizer, [x], OUTPUT_TOKENS) for x in ids[:sequential])
+    hf_sequential = sequential * OUTPUT_TOKENS / one_by_one
+    batched_ids = ids[: (len(ids) // batch_size) * batch_size][: 2 * batch_size]
+    padded = sum(
+        hf_generate(model, tokenizer, batched_ids[i : i + batch_size], OUTPUT_TOKENS)
+        for i in range(0, len(batched_ids), batch_size)
+    )
+    hf_batched = len(batched_ids) * OUTPUT_TOKENS / padded
+
+    params = SamplingParams(temperature=0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
+    llm.chat(classifier_conversations(2, seed=99), params)  # warm-up: the system prompt is now cached, as in serving
+    start = time.perf_counter()
+    outs = llm.chat(conversations, params)
+    engine = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - start)
+    return [
+        Row(
+            f"classifier workload, {requests} requests, output tok/s",
+            engine,
+            "tok/s",
+            "transformers generate, one request at a time",
+            hf_sequential,
+            ">= 10x",
+        ),
+        Row(
+            f"classifier workload, {requests} requests, output tok/s",
+            engine,
+            "tok/s",
+            f"transformers generate, padded static batches of {batch_size}",
+            hf_batched,
+            ">= 3x",
+        ),
+    ]
+
+
+def prefix_cache_row(llm: LLM, repeats: int = 5) -> Row:
+    [conversation] = classifier_conversations(1, seed=7)
+    engine = llm.engine
+    ids = engine.tokenizer.encode(engine.apply_chat_template(conversation), add_special_tokens=False)
+
+    def ttft(cold: bool) -> float:
+        if cold:
+            engine.kv_cache.reset_prefix_cache()
+        else:  # cache the system prompt through a different user turn, then time this one
+            llm.chat(classifier_conversations(1, seed=8), SamplingParams(temperature=0, max_tokens=1))
+        start = time.perf_counter()
+        engine.add_request("ttft", {"prompt_token_ids": ids}, SamplingParams(temperature=0, max_tokens=1))
+        while not engine.step():
+            pass
+        return time.perf_counter() - start
+
+    cold = statistics.median(ttft(True) for _ in range(repeats))
+    warm = statistics.median(ttft(False) for _ in range(repeats))
+    return Row(
+        f"time to first token, {len(ids)}-token prompt, system prompt cached (ms)",
+        warm * 1e3,
+        "ms",
+        "the same request with a cold cache",
+        cold * 1e3,
+        "<= 0.15x",
+    )
+
+
+def decode_rate_engine(llm: LLM, tokens: int) -> float:
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    prompt = "Once upon a time, in a small village by the sea,"
+    llm.generate(prompt, SamplingParams(temperature=0, max_tokens=4))
+    start = time.perf_counter()
+    llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    llm.generate(prompt, params)
+    return (tokens - 1) / (time.perf_counter() - start - prefill)
+
+
+def decode_rate_hf(hf, tokens: int) -> float:
+    model, tokenizer = hf
+    ids = [tokenizer.encode("Once upon a time, in a small village by the sea,")]
+    hf_generate(model, tokenizer, ids, 4)
+    prefill = hf_generate(model, tokenizer, ids, 1)
+    return (tokens - 1) / (hf_generate(model, tokenizer, ids, tokens) - prefill)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    torch.set_num_threads(args.threads)
+    rows: list[Row] = []
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        llm = LLM(dtype=name, max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=1 << 30)
+        hf = hf_model(dtype)
+        if dtype is torch.bfloat16:  # the fastest dtype of both sides on this CPU
+            rows += classifier_rows(llm, hf, args.requests, args.sequential, args.batch_size)
+            rows.append(prefix_cache_row(llm))
+        engine_rate = decode_rate_engine(llm, args.decode_tokens)
+        hf_rate = decode_rate_hf(hf, args.decode_tokens)
+        rows.append(
+            Row(
+                f"batch-1 decode, {name}, tok/s",
+                engine_rate,
+                "tok/s",
+                f"transformers generate, batch 1, {name}",
+                hf_rate,
+                ">= 1.5x",
+            )
+        )
+        del llm, hf
+    return rows
+
+
+def render(rows: list[Row], args: argparse.Namespace) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks.engine`). Every figure is measured in the same run, on",
+        "the same machine, next to its baseline; only the ratios are meant to travel between machines.",
+        "",
+        "## Engine: SmolLM2-135M-Instruct (the packaged Q4_1 GGUF, dequantized), CPU",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}. "
+        f"Classifier workload: a {OUTPUT_TOKENS}-token answer (EOS ignored on both sides so the work is equal) "
+        "to a ~460-token chat prompt (a ~450-token system prompt shared by all requests + a 30-60-token user turn).",
+        "",
+        "| measure | tokenyard | baseline | baseline value | ratio | target | met |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for row in rows:
+        bound = float(row.target.split()[1].rstrip("x"))
+        met = row.ratio >= bound if row.target.startswith(">=") else row.ratio <= bound
+        lines.append(
+            f"| {row.name} | {row.value:.1f} | {row.baseline_name} | {row.baseline:.1f} | "
+            f"{row.ratio:.2f}x | {row.target} | {'yes' if met else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"Transformers one-at-a-time runs {args.sequential} requests (it is slow); the padded batches run "
+        f"{2 * args.batch_size} requests; the engine runs all {args.requests} with max_num_seqs=64.",
+        "The engine's run starts with the system prompt in its prefix cache (a warm server's steady state).",
+        "llama.cpp is not built by `make bench` (it compiles for ~7 minutes); see the quantization issue.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument("--sequential", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    args = parser.parse_args()
+    report = render(run(args), args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
