@@ -18,6 +18,10 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
         self._ids = itertools.count()
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        return cls(**{name: getattr(config, name) for name in EngineConfig.__dataclass_fields__})
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

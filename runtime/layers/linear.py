@@ -13,9 +13,20 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.packed_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+    def pack_for_cpu(self) -> None:
+        """Reorder the weight into oneDNN's blocked layout and drop the plain copy. Measured here
+        (2 cores, AVX512): 1.6x faster in bfloat16 and 2x in float32 for one token, faster still for
+        batches, because the plain layout streams weights at ~12 GB/s and the blocked one at ~28 GB/s."""
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.data, 1)
+        del self.weight
+        self.weight = None  # a tied weight lives on in the embedding
 
 
 class MergedLinear(Linear):

@@ -21,6 +21,14 @@ def read_config(directory: Path) -> tuple[LlamaConfig, torch.dtype | None]:
         )
     family = SUPPORTED_ARCHITECTURES[architecture]
     heads = raw["num_attention_heads"]
+    if raw.get("hidden_act", "silu") != "silu" or raw.get("mlp_bias"):
+        raise ValueError(
+            f"{directory}: hidden_act={raw.get('hidden_act')!r}, mlp_bias={raw.get('mlp_bias')!r} "
+            "are not supported (llama-family models use silu without MLP biases)"
+        )
+    # transformers 5 writes rope settings as `rope_parameters`; older configs use rope_theta + rope_scaling
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    scaled = rope.get("rope_type", rope.get("type", "default")) != "default"
     context = raw.get("max_position_embeddings", 2048)
     if raw.get("sliding_window") and raw.get("use_sliding_window", family == "mistral"):
         context = min(context, raw["sliding_window"])  # within the window, sliding attention is full attention
@@ -33,8 +41,8 @@ def read_config(directory: Path) -> tuple[LlamaConfig, torch.dtype | None]:
         num_kv_heads=raw.get("num_key_value_heads") or heads,
         head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
         max_position_embeddings=context,
-        rope_theta=raw.get("rope_theta", (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
-        rope_scaling=raw.get("rope_scaling"),
+        rope_theta=raw.get("rope_theta") or rope.get("rope_theta", 10000.0),
+        rope_scaling=rope if scaled else None,
         rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=raw.get("tie_word_embeddings", False),
         attention_bias=raw.get("attention_bias", family == "qwen2"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from tokenyard.runtime.layers.attention import AttentionBackend
-from tokenyard.runtime.layers.linear import MergedLinear
+from tokenyard.runtime.layers.linear import Linear, MergedLinear
 from tokenyard.runtime.loaders import gguf, hf
 from tokenyard.runtime.loaders.resolve import ModelSource
 from tokenyard.runtime.models import LlamaConfig, LlamaForCausalLM
@@ -35,10 +35,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     dtype: torch.dtype
     source: ModelSource
-
-    @property
-    def weights_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+    weights_bytes: int
 
 
 def load_model(source: ModelSource, dtype: str, device: torch.device, backend: AttentionBackend) -> LoadedModel:
@@ -62,8 +59,20 @@ def load_model(source: ModelSource, dtype: str, device: torch.device, backend: A
     finally:
         torch.set_default_dtype(previous)
     _fill(model, weights)
-    log.info("loaded %s (%s, %s) on %s", source.name, source.format, torch_dtype, device)
-    return LoadedModel(model.eval(), config, tokenizer, torch_dtype, source)
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch_dtype != torch.float16:
+        for module in model.modules():
+            if isinstance(module, Linear):
+                module.pack_for_cpu()
+    log.info(
+        "loaded %s (%s, %s, %.0f MiB of weights) on %s",
+        source.name,
+        source.format,
+        torch_dtype,
+        weights_bytes / 2**20,
+        device,
+    )
+    return LoadedModel(model.eval(), config, tokenizer, torch_dtype, source, weights_bytes)
 
 
 def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -5,10 +5,10 @@ whether requests run alone, batched, from the prefix cache, in tiny prefill chun
 from __future__ import annotations
 
 import pytest
-import torch
 from tokenyard.runtime import LLM, RequestOutput, SamplingParams
 
 from .conftest import CLASSIFIER_SYSTEM
+from .reference import assert_matches_reference as check
 
 USER_TURNS = [
     "Question: What color is the sky? Answer: blue. Reply: Yes! The sky is blue and I love it!",
@@ -26,19 +26,7 @@ def conversations(turns=USER_TURNS):
 
 
 def assert_matches_reference(reference, output: RequestOutput) -> None:
-    model, _ = reference
-    generated = output.outputs[0].token_ids
-    ids = output.prompt_token_ids + generated
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float()
-    start = len(output.prompt_token_ids) - 1
-    ref_logprobs = torch.log_softmax(logits, dim=-1)
-    for step, token in enumerate(generated):
-        row = logits[start + step]
-        assert row[token] >= row.max() - 1e-4, f"token {step}: picked {token}, reference argmax {int(row.argmax())}"
-        for token_id, logprob in output.outputs[0].logprobs[step].items():
-            assert abs(logprob - float(ref_logprobs[start + step, token_id])) < 1e-3, f"token {step}, id {token_id}"
-    assert len(generated) == len(output.outputs[0].logprobs)
+    check(reference[0], output)
 
 
 def test_chat_prompt_ids_are_the_reference_template_ids(llm_fp32, reference):

@@ -1,0 +1,44 @@
+"""Command-line flags for the engine, named as vLLM names them, shared by every command that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tokenyard.runtime.config import DEFAULT_MODEL, DTYPES, EngineConfig
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EngineConfig.__dataclass_fields__
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="a .gguf file, a Hugging Face directory, or a hub id in the local HF cache",
+    )
+    group.add_argument("--dtype", choices=DTYPES, default="auto")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    group.add_argument("--max-model-len", type=int, default=None)
+    group.add_argument("--max-num-seqs", type=int, default=defaults["max_num_seqs"].default)
+    group.add_argument("--max-num-batched-tokens", type=int, default=defaults["max_num_batched_tokens"].default)
+    group.add_argument("--block-size", type=int, default=defaults["block_size"].default)
+    group.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument("--gpu-memory-utilization", type=float, default=defaults["gpu_memory_utilization"].default)
+    group.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=None,
+        help="KV cache budget in bytes (default: from --gpu-memory-utilization on GPU, 4 GiB on CPU)",
+    )
+    group.add_argument("--kv-cache-dtype", default="auto")
+    group.add_argument("--quantization", default=None)
+    group.add_argument("--tensor-parallel-size", type=int, default=1)
+    group.add_argument("--speculative-config", type=json.loads, default=None, help="JSON, as vLLM takes it")
+    group.add_argument("--enforce-eager", action="store_true")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    names = [f for f in EngineConfig.__dataclass_fields__ if f not in ("num_threads", "extra")]
+    return EngineConfig(**{name: getattr(args, name) for name in names})

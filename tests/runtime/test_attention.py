@@ -1,0 +1,63 @@
+"""The torch attention backend against plain causal attention computed per sequence, across its paths:
+few decode rows (SDPA), many rows, rows sharing a cached prefix (cascade), and prefill chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
+
+BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 8
+
+
+def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_position: int) -> torch.Tensor:
+    """q_rows: (n, heads, dim) at positions first_position.. ; keys/values: (context, kv_heads, dim)."""
+    keys = keys.repeat_interleave(HEADS // KV_HEADS, dim=1)
+    values = values.repeat_interleave(HEADS // KV_HEADS, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q_rows, keys) * DIM**-0.5
+    positions = torch.arange(q_rows.shape[0])[:, None] + first_position
+    scores = scores.masked_fill(torch.arange(keys.shape[0])[None, :] > positions, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), values)
+
+
+@pytest.mark.parametrize(
+    ("contexts", "new_tokens", "shared_blocks"),
+    [
+        ([9], [1], 0),  # one decode row
+        ([5, 13, 22] * 4, [1] * 12, 0),  # many decode rows, nothing shared
+        ([12, 17, 30, 9], [1, 1, 1, 1], 2),  # decode rows sharing two cached blocks (cascade)
+        ([12, 17, 9, 20], [1, 1, 6, 20], 2),  # decodes, a prefill chunk after a cached prefix, a fresh prefill
+    ],
+    ids=["one-decode", "many-decodes", "shared-prefix", "mixed"],
+)
+def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks):
+    torch.manual_seed(0)
+    cache = torch.randn(2, 64 * BS, KV_HEADS, DIM)
+    shared = list(range(shared_blocks))
+    free = iter(range(shared_blocks, 64))
+    tables = [shared + [next(free) for _ in range(-(-c // BS) - shared_blocks)] for c in contexts]
+    total = sum(new_tokens)
+    q = torch.randn(total, HEADS, DIM)
+    k, v = torch.randn(total, KV_HEADS, DIM), torch.randn(total, KV_HEADS, DIM)
+    starts = [0]
+    slots = []
+    for table, context, n in zip(tables, contexts, new_tokens, strict=True):
+        starts.append(starts[-1] + n)
+        slots += [table[p // BS] * BS + p % BS for p in range(context - n, context)]
+    meta = AttentionMetadata(
+        torch.tensor(slots),
+        starts,
+        contexts,
+        tables,
+        num_decodes=next((i for i, n in enumerate(new_tokens) if n != 1), len(new_tokens)),
+        block_size=BS,
+    )
+    backend = TorchAttentionBackend()
+    backend.prepare(meta, torch.device("cpu"))
+    out = backend.forward(q, k, v, cache, meta, DIM**-0.5)
+    for row, (table, context, n) in enumerate(zip(tables, contexts, new_tokens, strict=True)):
+        context_slots = torch.tensor([table[p // BS] * BS + p % BS for p in range(context)])
+        expected = naive(
+            q[starts[row] : starts[row + 1]], cache[0][context_slots], cache[1][context_slots], context - n
+        )
+        torch.testing.assert_close(out[starts[row] : starts[row + 1]], expected, atol=1e-5, rtol=1e-5)
