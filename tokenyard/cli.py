@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # prints help / version / the unknown-command error
         parser.print_help()
         return 2
+    logging.basicConfig(
+        level=os.environ.get("TOKENYARD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"tokenyard {name}", description=SUBCOMMANDS[name][1])

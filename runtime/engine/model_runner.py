@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
@@ -27,6 +28,9 @@ class ModelRunner:
         self.model = self.loaded.model
         self.block_size = config.block_size
         self.kv_caches: list[torch.Tensor] = []
+        # Static-shaped decode steps, which CUDA graphs need; on CPU padding would only cost time.
+        self.pad_decode_batches = self.device.type == "cuda" and not config.enforce_eager
+        self.padding_block = -1  # set by allocate_kv_cache: one block past the pool, owned by nobody
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -35,9 +39,10 @@ class ModelRunner:
     def allocate_kv_cache(self) -> int:
         """Allocate the block pool once, from the memory budget. Returns the number of blocks."""
         budget = self._kv_budget_bytes()
-        num_blocks = budget // (self.kv_bytes_per_token * self.block_size)
+        num_blocks = budget // (self.kv_bytes_per_token * self.block_size) - 1
+        self.padding_block = num_blocks
         cfg = self.loaded.config
-        shape = (2, num_blocks * self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (2, (num_blocks + 1) * self.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
             torch.zeros(shape, dtype=self.loaded.dtype, device=self.device) for _ in range(cfg.num_layers)
         ]
@@ -94,6 +99,15 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[Sampled]:
         """Run one step. ``rows`` describe the sequences that finish their input this step, in batch
         order; they get one sampled token each."""
+        inputs = self._prepare(batch)
+        self.backend.prepare(inputs.meta, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        if not inputs.sample_index:
+            return []
+        logits = self.model.compute_logits(hidden[torch.tensor(inputs.sample_index, device=self.device)])
+        return sample(logits, rows)
+
+    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
@@ -109,27 +123,46 @@ class ModelRunner:
             query_start_loc.append(len(input_ids))
             if end == seq.num_tokens:
                 sample_index.append(len(input_ids) - 1)
+        context_lens = [s.num_computed_tokens + n for s, n in batch.items()]
+        block_tables = [s.block_table for s in batch.seqs]
         num_decodes = next((i for i, n in enumerate(batch.num_new_tokens) if n != 1), len(batch.seqs))
+        if self.pad_decode_batches and num_decodes == len(batch.seqs):
+            # Padding rows read and write only the padding block; their outputs are never sampled.
+            padding = decode_bucket(num_decodes, self.config.max_num_seqs) - num_decodes
+            input_ids += [0] * padding
+            positions += [0] * padding
+            slot_mapping += [self.padding_block * bs] * padding
+            query_start_loc += range(query_start_loc[-1] + 1, query_start_loc[-1] + 1 + padding)
+            context_lens += [1] * padding
+            block_tables += [[self.padding_block]] * padding
+            num_decodes += padding
         device = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
             query_start_loc=query_start_loc,
-            context_lens=[s.num_computed_tokens + n for s, n in batch.items()],
-            block_tables=[s.block_table for s in batch.seqs],
+            context_lens=context_lens,
+            block_tables=block_tables,
             num_decodes=num_decodes,
             block_size=bs,
         )
-        self.backend.prepare(meta, device)
-        hidden = self.model(
-            torch.tensor(input_ids, device=device),
-            torch.tensor(positions, device=device),
-            self.kv_caches,
-            meta,
+        return StepInputs(
+            torch.tensor(input_ids, device=device), torch.tensor(positions, device=device), meta, sample_index
         )
-        if not sample_index:
-            return []
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_index, device=device)])
-        return sample(logits, rows)
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    sample_index: list[int]  # rows of the flat batch whose logits are sampled
+
+
+def decode_bucket(rows: int, max_rows: int) -> int:
+    """The batch size a decode step is padded to: 1, 2, 4, 8, then multiples of 16 (the sizes CUDA
+    graphs are captured at), never beyond what the engine can run."""
+    size = next((s for s in (1, 2, 4, 8) if rows <= s), -(-rows // 16) * 16)
+    return min(size, max_rows)
 
 
 def _tokens(seq: Sequence, start: int, end: int) -> list[int]:

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.engine.model_runner import decode_bucket
 from tokenyard.runtime.layers.sampler import SamplingRow, sample
 
 
@@ -196,3 +197,20 @@ def test_top_k_top_p_and_min_p_restrict_what_can_be_drawn(params, allowed):
         r.generator.manual_seed(seed)
         seen.add(sample(logits, [r])[0].token_id)
     assert seen == allowed
+
+
+def test_decode_steps_padded_to_static_shapes_give_the_same_tokens(tiny_llm):
+    """On a GPU, decode batches are padded to a few fixed sizes so CUDA graphs can replay them; the
+    padding rows must not change anyone's output."""
+    prompts = ["one", "two words", "three little words", "and four more words", "five"]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    runner = tiny_llm.engine.runner
+    plain = tiny_llm.generate(prompts, params)
+    runner.pad_decode_batches = True  # what a GPU without enforce_eager does
+    try:
+        padded = tiny_llm.generate(prompts, params)
+    finally:
+        runner.pad_decode_batches = False
+    assert [o.outputs[0].token_ids for o in padded] == [o.outputs[0].token_ids for o in plain]
+    assert [decode_bucket(n, 64) for n in (1, 3, 5, 9, 16, 17, 63)] == [1, 4, 8, 16, 16, 32, 64]
+    assert decode_bucket(17, 20) == 20
