@@ -84,7 +84,9 @@ class LLMEngine:
             messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None, arrival_time: float | None = None
+    ) -> None:
         """Validate and queue a request. Raises ValueError (naming the field and what is allowed) and
         changes nothing when the request is invalid."""
         params = params or SamplingParams()
@@ -96,6 +98,8 @@ class LLMEngine:
         seq = Sequence(
             request_id, token_ids, params, min(params.max_tokens or room, room), text, self._generator(params)
         )
+        if arrival_time is not None:  # time.monotonic() when the request reached the server
+            seq.arrival_time = arrival_time
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
         self._requests[request_id] = _Request(seq, detokenizer)
         self.scheduler.add(seq)

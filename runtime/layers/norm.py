@@ -1,4 +1,5 @@
-"""RMSNorm, one fused kernel (it accumulates in float32 whatever the input dtype)."""
+"""RMSNorm normalised in float32 and cast back before the weight, as the reference implementation does.
+(torch's fused rms_norm on a bfloat16 input is too coarse on CPU: it changed SmolLM2's greedy answers.)"""
 
 from __future__ import annotations
 
@@ -14,4 +15,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)

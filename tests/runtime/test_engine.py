@@ -214,3 +214,32 @@ def test_decode_steps_padded_to_static_shapes_give_the_same_tokens(tiny_llm):
     assert [o.outputs[0].token_ids for o in padded] == [o.outputs[0].token_ids for o in plain]
     assert [decode_bucket(n, 64) for n in (1, 3, 5, 9, 16, 17, 63)] == [1, 4, 8, 16, 16, 32, 64]
     assert decode_bucket(17, 20) == 20
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"quantization": "int8"}, "quantization='int8' is not supported yet"),
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size=2 is not supported yet"),
+        ({"speculative_config": {"method": "ngram"}}, "speculative_config=.* is not supported yet"),
+        ({"kv_cache_dtype": "int8"}, "kv_cache_dtype='int8' is not supported yet"),
+        ({"dtype": "float64"}, r"dtype='float64' is invalid: must be one of auto, float32, bfloat16, float16"),
+        ({"max_num_seqs": 0}, "max_num_seqs=0 is invalid: must be >= 1"),
+        ({"gpu_memory_utilization": 1.5}, r"gpu_memory_utilization=1.5 is invalid: must be in \(0, 1\]"),
+    ],
+)
+def test_engine_settings_that_cannot_be_honoured_are_refused_not_ignored(settings, message):
+    from tokenyard.runtime import EngineConfig
+
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**settings)
+
+
+def test_float16_is_refused_on_cpu_with_the_reason(tiny_llama_dir):
+    with pytest.raises(ValueError, match="float16.*not served on CPU.*bfloat16 or float32"):
+        LLM(str(tiny_llama_dir), dtype="float16", device="cpu")
+
+
+def test_a_kv_budget_smaller_than_one_sequence_is_refused(tiny_llama_dir):
+    with pytest.raises(ValueError, match="KV cache holds .* tokens, fewer than one sequence of max_model_len=1024"):
+        LLM(str(tiny_llama_dir), kv_cache_memory_bytes=64 << 10)

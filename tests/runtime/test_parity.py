@@ -5,6 +5,7 @@ whether requests run alone, batched, from the prefix cache, in tiny prefill chun
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenyard.runtime import LLM, RequestOutput, SamplingParams
 
 from .conftest import CLASSIFIER_SYSTEM
@@ -100,3 +101,23 @@ def test_preempted_requests_finish_with_the_reference_output(smollm2_gguf, refer
     for out in outs:
         assert len(out.outputs[0].token_ids) == 96
         assert_matches_reference(reference, out)
+
+
+def test_bfloat16_stays_close_to_the_float32_reference(smollm2_gguf, reference):
+    """bfloat16 cannot match float32 token for token, but each token it picks must be one the reference
+    finds nearly as likely as its own choice (a coarse kernel once turned "Paris" into nonsense)."""
+    model, _ = reference
+    llm = LLM(str(smollm2_gguf), dtype="bfloat16", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
+    outs = llm.chat(
+        conversations() + [[{"role": "user", "content": "What is the capital of France?"}]],
+        SamplingParams(temperature=0, max_tokens=16),
+    )
+    assert "Paris" in outs[-1].outputs[0].text
+    for out in outs:
+        ids = out.prompt_token_ids + out.outputs[0].token_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        start = len(out.prompt_token_ids) - 1
+        for step, token in enumerate(out.outputs[0].token_ids):
+            row = logprobs[start + step]
+            assert row[token] >= row.max() - 1.0, f"token {step}: {token} is far from the reference's choice"
