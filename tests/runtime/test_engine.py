@@ -236,10 +236,10 @@ def test_engine_settings_that_cannot_be_honoured_are_refused_not_ignored(setting
 
 
 def test_float16_is_refused_on_cpu_with_the_reason(tiny_llama_dir):
-    with pytest.raises(ValueError, match="float16.*not served on CPU.*bfloat16 or float32"):
+    with pytest.raises(ValueError, match=r"float16.*not served on CPU.*bfloat16 or float32"):
         LLM(str(tiny_llama_dir), dtype="float16", device="cpu")
 
 
 def test_a_kv_budget_smaller_than_one_sequence_is_refused(tiny_llama_dir):
-    with pytest.raises(ValueError, match="KV cache holds .* tokens, fewer than one sequence of max_model_len=1024"):
+    with pytest.raises(ValueError, match=r"KV cache holds .* tokens, fewer than one sequence of max_model_len=1024"):
         LLM(str(tiny_llama_dir), kv_cache_memory_bytes=64 << 10)

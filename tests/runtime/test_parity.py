@@ -109,7 +109,7 @@ def test_bfloat16_stays_close_to_the_float32_reference(smollm2_gguf, reference):
     model, _ = reference
     llm = LLM(str(smollm2_gguf), dtype="bfloat16", max_model_len=1024, kv_cache_memory_bytes=64 << 20)
     outs = llm.chat(
-        conversations() + [[{"role": "user", "content": "What is the capital of France?"}]],
+        [*conversations(), [{"role": "user", "content": "What is the capital of France?"}]],
         SamplingParams(temperature=0, max_tokens=16),
     )
     assert "Paris" in outs[-1].outputs[0].text

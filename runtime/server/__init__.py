@@ -1,0 +1,1 @@
+"""`tokenyard serve`: the OpenAI-compatible HTTP server over the engine."""

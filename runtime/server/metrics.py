@@ -1,0 +1,189 @@
+"""Prometheus metrics under vLLM's names (routers, KEDA scalers and dashboards already read them), plus
+``tokenyard_*`` for what vLLM has no name for."""
+
+from __future__ import annotations
+
+import resource
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from tokenyard.runtime.engine.llm_engine import LLMEngine
+from tokenyard.runtime.outputs import RequestOutput
+
+# vLLM's bucket choices, so dashboards built for vLLM read ours the same way.
+_LATENCY = [
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+]
+_TOKEN_GAP = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0]
+_REQUEST = [
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+]
+
+
+def _token_buckets(max_len: int) -> list[float]:
+    buckets, mantissas, exponent = [], (1, 2, 5), 0
+    while True:
+        for m in mantissas:
+            value = m * 10**exponent
+            if value > max_len:
+                return buckets
+            buckets.append(value)
+        exponent += 1
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str, max_model_len: int) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        label = ["model_name"]
+        r = self.registry
+        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch", label, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled", label, registry=r)
+        self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)", label, registry=r)
+        self.prefix_queries = Counter("vllm:prefix_cache_queries", "Prefix cache lookups, in tokens", label, registry=r)
+        self.prefix_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens", label, registry=r)
+        self.preemptions = Counter("vllm:num_preemptions", "Preemptions (recompute)", label, registry=r)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled prompt tokens", label, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", label, registry=r)
+        self.success = Counter("vllm:request_success", "Finished requests", [*label, "finished_reason"], registry=r)
+        self.spec_drafts = Counter("vllm:spec_decode_num_drafts", "Speculative drafts", label, registry=r)
+        self.spec_draft_tokens = Counter("vllm:spec_decode_num_draft_tokens", "Draft tokens", label, registry=r)
+        self.spec_accepted = Counter("vllm:spec_decode_num_accepted_tokens", "Accepted draft tokens", label, registry=r)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token", label, buckets=_LATENCY, registry=r
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Gap between output tokens", label, buckets=_TOKEN_GAP, registry=r
+        )
+        self.tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Per request: (e2e - TTFT) / (n - 1)",
+            label,
+            buckets=_TOKEN_GAP,
+            registry=r,
+        )
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", label, buckets=_REQUEST, registry=r)
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time waiting before first scheduled",
+            label,
+            buckets=_REQUEST,
+            registry=r,
+        )
+        tokens = _token_buckets(max_model_len)
+        self.request_prompt = Histogram(
+            "vllm:request_prompt_tokens", "Prompt tokens per request", label, buckets=tokens, registry=r
+        )
+        self.request_generation = Histogram(
+            "vllm:request_generation_tokens", "Generated tokens per request", label, buckets=tokens, registry=r
+        )
+        self.cache_config = Info("tokenyard_cache_config", "KV cache configuration", label, registry=r)
+        self.weights_bytes = Gauge("tokenyard_model_weights_bytes", "Bytes of model weights", label, registry=r)
+        self.peak_rss = Gauge("tokenyard_process_peak_resident_memory_bytes", "Peak resident memory", label, registry=r)
+        self.gpu_memory = Gauge("tokenyard_gpu_memory_used_bytes", "GPU memory allocated by torch", label, registry=r)
+        self.model_name = model_name
+        self._seen = {"queries": 0, "hits": 0, "preemptions": 0, "prompt": 0, "generation": 0}
+
+    def describe_engine(self, engine: LLMEngine) -> None:
+        kv = engine.kv_cache
+        self.cache_config.labels(self.model_name).info(
+            {
+                "block_size": str(kv.block_size),
+                "num_blocks": str(kv.num_blocks),
+                "enable_prefix_caching": str(kv.enable_prefix_caching).lower(),
+                "kv_bytes_per_token": str(engine.runner.kv_bytes_per_token),
+                "dtype": str(engine.runner.loaded.dtype),
+                "max_model_len": str(engine.max_model_len),
+            }
+        )
+        self.weights_bytes.labels(self.model_name).set(engine.runner.loaded.weights_bytes)
+
+    def record_step(self, engine: LLMEngine) -> None:
+        """Gauges now, and counters by what the engine's own totals moved since the last step."""
+        name = self.model_name
+        self.running.labels(name).set(len(engine.scheduler.running))
+        self.waiting.labels(name).set(len(engine.scheduler.waiting))
+        self.kv_usage.labels(name).set(engine.kv_cache.usage)
+        totals = {
+            "queries": engine.kv_cache.prefix_cache_queries,
+            "hits": engine.kv_cache.prefix_cache_hits,
+            "preemptions": engine.scheduler.num_preemptions,
+            "prompt": engine.num_prompt_tokens,
+            "generation": engine.num_generation_tokens,
+        }
+        counters = {
+            "queries": self.prefix_queries,
+            "hits": self.prefix_hits,
+            "preemptions": self.preemptions,
+            "prompt": self.prompt_tokens,
+            "generation": self.generation_tokens,
+        }
+        for key, total in totals.items():
+            if total > self._seen[key]:
+                counters[key].labels(name).inc(total - self._seen[key])
+                self._seen[key] = total
+        self.peak_rss.labels(name).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if engine.runner.device.type == "cuda":
+            import torch
+
+            self.gpu_memory.labels(name).set(torch.cuda.memory_allocated(engine.runner.device))
+
+    def record_token_gap(self, seconds: float) -> None:
+        self.itl.labels(self.model_name).observe(seconds)
+
+    def record_finished(self, output: RequestOutput, finished_at: float) -> None:
+        name = self.model_name
+        times = output.metrics
+        completion = output.outputs[0]
+        self.success.labels(name, completion.finish_reason).inc()
+        arrival = times["arrival_time"]
+        self.e2e.labels(name).observe(finished_at - arrival)
+        if "first_scheduled_time" in times:
+            self.queue_time.labels(name).observe(times["first_scheduled_time"] - arrival)
+        if "first_token_time" in times:
+            ttft = times["first_token_time"] - arrival
+            self.ttft.labels(name).observe(ttft)
+            if len(completion.token_ids) > 1:
+                self.tpot.labels(name).observe((finished_at - arrival - ttft) / (len(completion.token_ids) - 1))
+        self.request_prompt.labels(name).observe(len(output.prompt_token_ids))
+        self.request_generation.labels(name).observe(len(completion.token_ids))
