@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench serve clean
 
 install: $(STAMP)
 
@@ -26,6 +26,13 @@ test: lint
 
 bench: install
 	$(PY) -m benchmarks.engine --out docs/benchmarks.md
+	$(PY) -m benchmarks.serve --out docs/benchmarks.md
+
+serve: install
+	@echo 'Starting tokenyard serve on http://127.0.0.1:8000 with the packaged SmolLM2-135M-Instruct. Try:'
+	@echo "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"HuggingFaceTB/SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}], \"max_tokens\": 50}'"
+	$(PY) -m tokenyard.cli serve --host 127.0.0.1 --port 8000 --max-model-len 8192
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -22,6 +22,8 @@ from tokenyard.runtime.bench.workloads import classifier_conversations
 from tokenyard.runtime.loaders.export import export_gguf_to_hf
 from tokenyard.runtime.loaders.resolve import _packaged_gguf
 
+from benchmarks.report import write_section
+
 OUTPUT_TOKENS = 50
 
 
@@ -194,12 +196,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`python -m benchmarks.engine`). Every figure is measured in the same run, on",
-        "the same machine, next to its baseline; only the ratios are meant to travel between machines.",
-        "",
-        "## Engine: SmolLM2-135M-Instruct, CPU",
+        "## Engine: SmolLM2-135M-Instruct, CPU (`python -m benchmarks.engine`)",
         "",
         "Both sides run the same weights: the packaged Q4_1 GGUF dequantized; transformers reads them from a",
         "dense Hugging Face export (`tokenyard.runtime.loaders.export`), as a transformers user would.",
@@ -239,8 +236,7 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=128)
     args = parser.parse_args()
     report = render(run(args), args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    write_section(args.out, "engine", report)
     print(report)
 
 

@@ -40,5 +40,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The engine settings the flags ask for; a flag that cannot be honoured ends the command with its reason."""
     names = [f for f in EngineConfig.__dataclass_fields__ if f not in ("num_threads", "extra")]
-    return EngineConfig(**{name: getattr(args, name) for name in names})
+    try:
+        return EngineConfig(**{name: getattr(args, name) for name in names})
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -15,6 +15,7 @@ from tokenyard import __version__
 # name -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tokenyard.runtime.cli_serve", "serve a model over the OpenAI API (vLLM's flags)"),
+    "bench": ("tokenyard.runtime.cli_bench", "benchmark a server (bench serve), like vllm bench"),
     "generate": ("tokenyard.runtime.cli_generate", "run the engine offline on prompts and print completions"),
 }
 
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("TOKENYARD_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the output
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"tokenyard {name}", description=SUBCOMMANDS[name][1])

@@ -67,7 +67,6 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] = Field(description="one prompt: a string or a list of token ids")
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for /v1/completions
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 

@@ -219,3 +219,21 @@ def test_overload_is_refused_at_once_and_every_accepted_request_completes(tmp_pa
         assert result["response"].status_code == 200
     finally:
         server.terminate()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--quantization", "awq"], "quantization='awq' is not supported yet"),
+        (["--speculative-config", '{"method": "ngram"}'], "is not supported yet"),
+        (["--max-num-seqs", "0"], "max_num_seqs=0 is invalid"),
+    ],
+)
+def test_flags_that_cannot_be_honoured_stop_the_server_with_the_reason(flags, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenyard.cli", "serve", *flags], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0 and message in done.stderr
