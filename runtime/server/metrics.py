@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -167,6 +168,8 @@ class ServerMetrics:
             import torch
 
             self.gpu_memory.labels(name).set(torch.cuda.memory_allocated(engine.runner.device))
+            with contextlib.suppress(ModuleNotFoundError, RuntimeError):  # without NVML (pynvml) it stays unset
+                self.gpu_utilization.labels(name).set(torch.cuda.utilization(engine.runner.device) / 100)
 
     def record_token_gap(self, seconds: float) -> None:
         self.itl.labels(self.model_name).observe(seconds)
