@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	# A real Redis for the gateway's tests (Debian's package; no systemd needed: the tests start it).
+	command -v redis-server >/dev/null || apt-get install -y -q redis-server || \
+		(apt-get update -q && apt-get install -y -q redis-server)
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch 2.13.0 lies on the machine; an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0

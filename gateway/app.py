@@ -1,0 +1,249 @@
+"""The gateway's HTTP API: the runtime's OpenAI surface, in front of its replicas."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tokenyard.gateway.canonical import cache_key, canonical_request, is_deterministic
+from tokenyard.gateway.config import GatewayConfig
+from tokenyard.gateway.metrics import GatewayMetrics
+from tokenyard.gateway.replay import aggregate_stream, replay_stream
+from tokenyard.gateway.router import Replica, Router, affinity_key
+from tokenyard.gateway.stores import ExactCache, RedisStore, TenantLimits
+
+log = logging.getLogger(__name__)
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    return JSONResponse(body, status, headers=headers)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.router = Router(config.upstreams)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.first_byte_timeout_seconds, connect=config.connect_timeout_seconds),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        )
+        self.store = None
+        if config.redis_url:
+            self.store = RedisStore(
+                config.redis_url,
+                config.store_timeout_seconds,
+                lambda kind: self.metrics.store_errors.labels("redis", kind).inc(),
+            )
+        self.exact = ExactCache(self.store) if self.store else None
+        self.limits = TenantLimits(self.store) if self.store else None
+        for replica in self.router.replicas:
+            self.metrics.upstream_healthy.labels(replica.url).set(1)
+
+    def tenant(self, request: Request) -> str | None:
+        if self.config.open_access:
+            return "anonymous"
+        header = request.headers.get("authorization", "")
+        tenant = (
+            self.config.tenant_for_key(header.removeprefix("Bearer ").strip()) if header.startswith("Bearer ") else None
+        )
+        return tenant.name if tenant else None
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        tenant_name = self.tenant(request)
+        if tenant_name is None:
+            return error(401, "invalid or missing API key (send Authorization: Bearer <key>)", "authentication_error")
+        try:
+            body = json.loads(await request.body())
+            assert isinstance(body, dict)
+        except (json.JSONDecodeError, AssertionError):
+            return error(400, "the body must be a JSON object", "invalid_request_error")
+        model = str(body.get("model", ""))
+        tenant = next((t for t in self.config.tenants if t.name == tenant_name), None)
+        if tenant and self.limits:
+            retry_after = await self.limits.admit(tenant.name, tenant.requests_per_minute, tenant.tokens_per_minute)
+            if retry_after:
+                self.metrics.requests.labels(tenant_name, model, "none", "429").inc()
+                return error(
+                    429,
+                    f"tenant {tenant.name} is over its per-minute limit",
+                    "rate_limit_error",
+                    headers={"Retry-After": str(retry_after)},
+                )
+        outcome, key = self._cache_plan(request, body, endpoint, tenant_name, model)
+        if outcome == "lookup":
+            started = time.perf_counter()
+            cached = await self.exact.get(key)
+            self.metrics.cache_lookup.labels("exact").observe(time.perf_counter() - started)
+            if cached is not None:
+                return self._serve_hit(cached, body, tenant_name, model)
+            outcome = "miss"
+        response = await self._forward(request, endpoint, body, tenant_name, model, outcome, key)
+        return response
+
+    def _cache_plan(
+        self, request: Request, body: dict, endpoint: str, tenant: str, model: str
+    ) -> tuple[str, str | None]:
+        control = request.headers.get("cache-control", "").lower()
+        policy = self.config.cache
+        cacheable = (
+            self.exact is not None
+            and policy.exact
+            and "no-store" not in control
+            and (is_deterministic(body) or policy.cache_sampled)
+            and not (body.get("stream") and (body.get("logprobs") or body.get("echo")))
+        )
+        if not cacheable:
+            return "bypass", None
+        key = cache_key(tenant, model, canonical_request(body, endpoint))
+        return ("store-only" if "no-cache" in control else "lookup"), key
+
+    def _serve_hit(self, cached: dict, body: dict, tenant: str, model: str) -> Response:
+        usage = cached.get("usage") or {}
+        self.metrics.requests.labels(tenant, model, "hit-exact", "200").inc()
+        self.metrics.tokens_saved.labels(tenant, model).inc(usage.get("total_tokens", 0))
+        self.metrics.cost_saved.labels(tenant, model).inc(
+            usage.get("total_tokens", 0) / 1000 * self.config.cache.cost_per_1k_tokens
+        )
+        headers = {"x-tokenyard-cache": "hit-exact"}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                replay_stream(cached, include_usage), media_type="text/event-stream", headers=headers
+            )
+        return JSONResponse(cached, headers=headers)
+
+    async def _forward(
+        self, request: Request, endpoint: str, body: dict, tenant: str, model: str, outcome: str, key: str | None
+    ) -> Response:
+        headers = {"x-tokenyard-cache": "bypass" if outcome == "bypass" else "miss"}
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        upstream_body = dict(body)
+        if body.get("stream"):  # always ask for usage, so a completed stream can be stored and counted
+            upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        tried: set[Replica] = set()
+        while True:
+            replica = self.router.pick(affinity_key(body), tried)
+            if replica is None:
+                self.metrics.requests.labels(tenant, model, outcome, "503").inc()
+                return error(503, "no healthy upstream replica", "service_unavailable", headers={"Retry-After": "1"})
+            tried.add(replica)
+            replica.outstanding += 1
+            try:
+                upstream = await self.http.send(
+                    self.http.build_request(
+                        "POST", f"{replica.url}{endpoint}", json=upstream_body, headers=_forward_headers(request)
+                    ),
+                    stream=True,
+                )
+            except httpx.HTTPError as failure:  # nothing was sent to the client yet: try another replica
+                replica.outstanding -= 1
+                log.warning("upstream %s failed before responding (%s); retrying elsewhere", replica.url, failure)
+                self.router.eject(replica)
+                self.metrics.upstream_healthy.labels(replica.url).set(0)
+                self.metrics.upstream_retries.labels(replica.url).inc()
+                continue
+            break
+        started = time.perf_counter()
+        status = upstream.status_code
+        self.metrics.requests.labels(tenant, model, outcome, str(status)).inc()
+        if not body.get("stream") or status != 200:
+            try:
+                content = await upstream.aread()
+            finally:
+                await upstream.aclose()
+                replica.outstanding -= 1
+                self.metrics.upstream_latency.labels(replica.url).observe(time.perf_counter() - started)
+            if status == 200:
+                result = json.loads(content)
+                await self._after(tenant, key, outcome, result)
+            return Response(content, status, media_type=upstream.headers.get("content-type"), headers=headers)
+
+        async def relay() -> AsyncIterator[bytes]:
+            lines: list[str] = []
+            try:
+                async for line in upstream.aiter_lines():
+                    lines.append(line)
+                    if not client_wants_usage and _is_usage_chunk(line):
+                        continue
+                    yield f"{line}\n".encode() if line else b"\n"
+            finally:
+                await upstream.aclose()
+                replica.outstanding -= 1
+                self.metrics.upstream_latency.labels(replica.url).observe(time.perf_counter() - started)
+            result = aggregate_stream(lines, endpoint)
+            if result is not None:  # only complete streams are stored
+                await self._after(tenant, key, outcome, result)
+
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+
+    async def _after(self, tenant: str, key: str | None, outcome: str, result: dict) -> None:
+        usage = result.get("usage") or {}
+        if self.limits:
+            await self.limits.add_tokens(tenant, int(usage.get("total_tokens", 0)))
+        if key is not None and outcome in ("miss", "store-only"):
+            await self.exact.put(key, result, self.config.cache.exact_ttl_seconds)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        if self.store:
+            await self.store.close()
+
+
+def _forward_headers(request: Request) -> dict[str, str]:
+    return {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
+
+
+def _is_usage_chunk(line: str) -> bool:
+    if not line.startswith("data: {"):
+        return False
+    event = json.loads(line[6:])
+    return not event.get("choices") and "usage" in event
+
+
+def build_app(config: GatewayConfig) -> FastAPI:
+    gateway = Gateway(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if config.open_access:
+            log.warning("no tenants configured: the gateway is open to anyone who can reach it (local mode)")
+        yield
+        await gateway.close()
+
+    app = FastAPI(title="tokenyard gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.gateway = gateway
+
+    for path, endpoint in ENDPOINTS.items():
+
+        async def proxy(request: Request, _path: str = path) -> Response:
+            return await gateway.handle(request, _path)
+
+        app.add_api_route(path, proxy, methods=["POST"], name=endpoint)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        replica = gateway.router.pick(None)
+        if replica is None:
+            return error(503, "no healthy upstream replica", "service_unavailable")
+        upstream = await gateway.http.get(f"{replica.url}/v1/models")
+        return Response(upstream.content, upstream.status_code, media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if any(r.healthy for r in gateway.router.replicas) else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

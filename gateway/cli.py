@@ -1,0 +1,30 @@
+"""``tokenyard gateway``: the OpenAI-compatible front door."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--upstream", action="append", default=[], help="a runtime replica's base URL (repeatable)")
+    parser.add_argument("--redis-url", default=None, help="exact cache and shared tenant limits")
+    parser.add_argument("--config", type=Path, default=None, help="YAML: tenants, limits, cache policy")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+    from tokenyard.gateway.app import build_app
+    from tokenyard.gateway.config import load_config
+
+    try:
+        config = load_config(args.config, upstreams=args.upstream, redis_url=args.redis_url)
+    except (ValidationError, OSError) as error:
+        raise SystemExit(f"error: invalid gateway configuration: {error}") from None
+    if not config.upstreams:
+        raise SystemExit("error: no upstream: pass --upstream URL (repeatable) or list `upstreams` in --config")
+    uvicorn.run(build_app(config), host=args.host, port=args.port, log_level="info")
+    return 0

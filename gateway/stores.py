@@ -1,0 +1,100 @@
+"""Redis-backed exact cache and per-tenant limits. A store that is down or slow costs a request at most
+the store budget (~50 ms), is skipped for a short back-off after an error, and never fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+BACKOFF_SECONDS = 1.0
+
+
+class RedisStore:
+    def __init__(self, url: str, budget_seconds: float, on_error: Callable[[str], None]) -> None:
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=200,
+            timeout=budget_seconds,
+            socket_timeout=budget_seconds,
+            socket_connect_timeout=budget_seconds,
+        )
+        self.client = redis.Redis(connection_pool=pool)
+        self.budget = budget_seconds
+        self.on_error = on_error
+        self._skip_until = 0.0
+
+    async def call(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
+        """Run one store operation within the budget; on any failure count it and return ``fallback``."""
+        if time.monotonic() < self._skip_until:
+            return fallback
+        try:
+            return await asyncio.wait_for(operation(), self.budget)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._skip_until = time.monotonic() + BACKOFF_SECONDS
+            self.on_error(type(error).__name__)
+            log.warning("redis unavailable (%s): serving without it for %.0fs", type(error).__name__, BACKOFF_SECONDS)
+            return fallback
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ExactCache:
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def get(self, key: str) -> dict | None:
+        raw = await self.store.call(lambda: self.store.client.get(key), None)
+        return json.loads(raw) if raw else None
+
+    async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
+        payload = json.dumps(response, ensure_ascii=False)
+        await self.store.call(lambda: self.store.client.set(key, payload, ex=ttl_seconds), None)
+
+
+class TenantLimits:
+    """Fixed one-minute windows counted in Redis, so every gateway replica enforces the same limits."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def admit(self, tenant: str, requests_per_minute: int | None, tokens_per_minute: int | None) -> int:
+        """Count one request. Returns 0 if it may proceed, else the seconds until the window resets."""
+        window, retry_after = divmod(int(time.time()), 60)
+        retry_after = 60 - retry_after
+        if requests_per_minute:
+            key = f"tokenyard:rpm:{tenant}:{window}"
+
+            async def count() -> int:
+                async with self.store.client.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, 120)
+                    return (await pipe.execute())[0]
+
+            if await self.store.call(count, 0) > requests_per_minute:
+                return retry_after
+        if tokens_per_minute:
+            used = await self.store.call(lambda: self.store.client.get(f"tokenyard:tpm:{tenant}:{window}"), None)
+            if used is not None and int(used) >= tokens_per_minute:
+                return retry_after
+        return 0
+
+    async def add_tokens(self, tenant: str, tokens: int) -> None:
+        key = f"tokenyard:tpm:{tenant}:{int(time.time()) // 60}"
+
+        async def add() -> None:
+            async with self.store.client.pipeline(transaction=True) as pipe:
+                pipe.incrby(key, tokens)
+                pipe.expire(key, 120)
+                await pipe.execute()
+
+        await self.store.call(add, None)

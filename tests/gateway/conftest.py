@@ -1,0 +1,138 @@
+"""Real parts for the gateway tests: a Redis server, `tokenyard serve` upstreams, `tokenyard gateway` processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+from tokenyard.gateway.config import hash_api_key
+
+from ..runtime.server_process import ServerProcess, free_port
+
+TENANTS = {"acme": "key-acme", "globex": "key-globex", "tiny": "key-tiny"}
+
+
+class RedisServer:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: `make install` installs it (apt-get install redis-server)"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class GatewayProcess:
+    def __init__(self, upstreams: list[str], redis_url: str, config: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        flags = [arg for u in upstreams for arg in ("--upstream", u)]
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tokenyard.cli",
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--redis-url",
+                redis_url,
+                "--config",
+                str(config),
+                *flags,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(200):
+            assert self.process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(log.read_text())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    process = ServerProcess(log=tmp_path_factory.mktemp("upstream") / "serve.log")
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="session")
+def gateway_config(tmp_path_factory) -> Path:
+    config = {
+        "tenants": [
+            {"name": "acme", "api_key_sha256": [hash_api_key(TENANTS["acme"])]},
+            {"name": "globex", "api_key_sha256": [hash_api_key(TENANTS["globex"])]},
+            {"name": "tiny", "api_key_sha256": [hash_api_key(TENANTS["tiny"])], "requests_per_minute": 4},
+        ],
+    }
+    path = tmp_path_factory.mktemp("gateway") / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream, redis_server, gateway_config, tmp_path_factory):
+    process = GatewayProcess(
+        [upstream.url], redis_server.url, gateway_config, tmp_path_factory.mktemp("gateway-log") / "gateway.log"
+    )
+    yield process
+    process.stop()
