@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,6 +22,8 @@ from tokenyard.gateway.stores import ExactCache, RedisStore, TenantLimits
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+RETRYABLE = {429, 502, 503, 504}
+HEALTH_INTERVAL_SECONDS = 2.0
 
 
 def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -152,6 +155,11 @@ class Gateway:
                 self.metrics.upstream_healthy.labels(replica.url).set(0)
                 self.metrics.upstream_retries.labels(replica.url).inc()
                 continue
+            if upstream.status_code in RETRYABLE and len(tried) < len(self.router.replicas):
+                await upstream.aclose()  # overloaded or not ready: another replica may take it
+                replica.outstanding -= 1
+                self.metrics.upstream_retries.labels(replica.url).inc()
+                continue
             break
         started = time.perf_counter()
         status = upstream.status_code
@@ -193,6 +201,21 @@ class Gateway:
         if key is not None and outcome in ("miss", "store-only"):
             await self.exact.put(key, result, self.config.cache.exact_ttl_seconds)
 
+    async def check_health(self, interval: float) -> None:
+        """Active checks: a replica whose /health fails leaves the rotation until it answers 200 again."""
+        while True:
+            for replica in self.router.replicas:
+                try:
+                    ok = (await self.http.get(f"{replica.url}/health", timeout=1.0)).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.router.restore(replica)
+                else:
+                    self.router.eject(replica)
+                self.metrics.upstream_healthy.labels(replica.url).set(1 if replica.healthy else 0)
+            await asyncio.sleep(interval)
+
     async def close(self) -> None:
         await self.http.aclose()
         if self.store:
@@ -217,7 +240,9 @@ def build_app(config: GatewayConfig) -> FastAPI:
     async def lifespan(_: FastAPI):
         if config.open_access:
             log.warning("no tenants configured: the gateway is open to anyone who can reach it (local mode)")
+        checks = asyncio.create_task(gateway.check_health(HEALTH_INTERVAL_SECONDS))
         yield
+        checks.cancel()
         await gateway.close()
 
     app = FastAPI(title="tokenyard gateway", docs_url=None, redoc_url=None, lifespan=lifespan)

@@ -136,3 +136,38 @@ def gateway(upstream, redis_server, gateway_config, tmp_path_factory):
     )
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tokenyard.runtime.loaders.resolve import _packaged_gguf
+    from transformers import AutoTokenizer
+
+    from ..runtime.tiny_models import write_hf_model
+
+    gguf = _packaged_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return write_hf_model("llama", tmp_path_factory.mktemp("tiny") / "llama", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_replicas(tiny_model_dir, tmp_path_factory):
+    """Three real `tokenyard serve` replicas of a tiny model (fast to start, cheap to run)."""
+    logs = tmp_path_factory.mktemp("replicas")
+    replicas = [
+        ServerProcess(
+            "--model",
+            str(tiny_model_dir),
+            "--served-model-name",
+            "tiny",
+            "--kv-cache-memory-bytes",
+            str(16 << 20),
+            "--max-model-len",
+            "1024",
+            log=logs / f"{i}.log",
+        )
+        for i in range(3)
+    ]
+    yield replicas
+    for replica in replicas:
+        replica.terminate()
