@@ -28,8 +28,10 @@ test: lint
 	$(PY) -m pytest
 
 bench: install
+	command -v wrk >/dev/null || apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) -m benchmarks.engine --out docs/benchmarks.md
 	$(PY) -m benchmarks.serve --out docs/benchmarks.md
+	$(PY) -m benchmarks.gateway --out docs/benchmarks.md
 
 serve: install
 	@echo 'Starting tokenyard serve on http://127.0.0.1:8000 with the packaged SmolLM2-135M-Instruct. Try:'

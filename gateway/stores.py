@@ -52,9 +52,9 @@ class ExactCache:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
 
-    async def get(self, key: str) -> dict | None:
-        raw = await self.store.call(lambda: self.store.client.get(key), None)
-        return json.loads(raw) if raw else None
+    async def get(self, key: str) -> bytes | None:
+        """The stored response body (JSON bytes, served as they are), or None."""
+        return await self.store.call(lambda: self.store.client.get(key), None)
 
     async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
         payload = json.dumps(response, ensure_ascii=False)
