@@ -13,6 +13,7 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Route
 from tokenyard.gateway.canonical import cache_key, canonical_request, is_deterministic
 from tokenyard.gateway.config import GatewayConfig
 from tokenyard.gateway.metrics import GatewayMetrics
@@ -169,9 +170,8 @@ class Gateway:
                 upstream.release()
                 replica.outstanding -= 1
                 self.metrics.upstream_latency.labels(replica.url).observe(time.perf_counter() - started)
-            if status == 200:
-                result = json.loads(content)
-                await self._after(tenant, key, outcome, result)
+            if status == 200 and (key is not None or self.limits is not None):
+                await self._after(tenant, key, outcome, json.loads(content))
             return Response(content, status, media_type=upstream.content_type, headers=headers)
 
         async def relay() -> AsyncIterator[bytes]:
@@ -264,7 +264,8 @@ def build_app(config: GatewayConfig) -> FastAPI:
         async def proxy(request: Request, _path: str = path) -> Response:
             return await gateway.handle(request, _path)
 
-        app.add_api_route(path, proxy, methods=["POST"], name=endpoint)
+        # a plain Starlette route: the body is read raw, so FastAPI's parameter machinery is only overhead here
+        app.router.routes.append(Route(path, proxy, methods=["POST"], name=endpoint))
 
     @app.get("/v1/models")
     async def models() -> Response:
