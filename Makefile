@@ -34,10 +34,11 @@ bench: install
 	$(PY) -m benchmarks.gateway --out docs/benchmarks.md
 
 serve: install
-	@echo 'Starting tokenyard serve on http://127.0.0.1:8000 with the packaged SmolLM2-135M-Instruct. Try:'
-	@echo "  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\"
-	@echo "    -d '{\"model\": \"HuggingFaceTB/SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}], \"max_tokens\": 50}'"
-	$(PY) -m tokenyard.cli serve --host 127.0.0.1 --port 8000 --max-model-len 8192
+	@echo 'Starting the local stack: tokenyard serve (packaged SmolLM2-135M-Instruct) on :8000, the gateway on :8080.'
+	@echo 'When it says "gateway on", try:'
+	@echo "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"HuggingFaceTB/SmolLM2-135M-Instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}], \"temperature\": 0, \"max_tokens\": 50}'"
+	$(PY) -m tokenyard.cli up --port 8080 --runtime-port 8000 -- --max-model-len 8192
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -19,7 +19,7 @@ from tokenyard.gateway.config import GatewayConfig
 from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.replay import aggregate_stream, replay_stream
 from tokenyard.gateway.router import Replica, Router, affinity_key
-from tokenyard.gateway.stores import ExactCache, RedisStore, TenantLimits
+from tokenyard.gateway.stores import ExactCache, MemoryExactCache, RedisStore, TenantLimits
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
@@ -45,7 +45,7 @@ class Gateway:
                 config.store_timeout_seconds,
                 lambda kind: self.metrics.store_errors.labels("redis", kind).inc(),
             )
-        self.exact = ExactCache(self.store) if self.store else None
+        self.exact = ExactCache(self.store) if self.store else (MemoryExactCache() if config.local_cache else None)
         self.limits = TenantLimits(self.store) if self.store else None
         for replica in self.router.replicas:
             self.metrics.upstream_healthy.labels(replica.url).set(1)

@@ -32,6 +32,7 @@ class GatewayConfig(BaseModel):
 
     upstreams: list[str] = Field(default_factory=list)
     redis_url: str | None = None
+    local_cache: bool = Field(default=False, description="without Redis, keep the exact cache in this process")
     tenants: list[Tenant] = Field(default_factory=list)
     cache: CachePolicy = Field(default_factory=CachePolicy)
     store_timeout_seconds: float = Field(default=0.05, gt=0, description="a store slower than this is skipped")

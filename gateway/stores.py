@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -59,6 +60,28 @@ class ExactCache:
     async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
         payload = json.dumps(response, ensure_ascii=False)
         await self.store.call(lambda: self.store.client.set(key, payload, ex=ttl_seconds), None)
+
+
+class MemoryExactCache:
+    """The exact cache without Redis, for local mode: one process, bounded, least recently used out first."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
+        self._entries[key] = (time.monotonic() + ttl_seconds, json.dumps(response, ensure_ascii=False).encode())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
 
 class TenantLimits:

@@ -15,6 +15,7 @@ from tokenyard import __version__
 # name -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tokenyard.runtime.cli_serve", "serve a model over the OpenAI API (vLLM's flags)"),
+    "up": ("tokenyard.up", "the local stack: tokenyard serve with the gateway in front (in-process cache)"),
     "gateway": ("tokenyard.gateway.cli", "the OpenAI-compatible gateway: tenants, routing, exact cache"),
     "bench": ("tokenyard.runtime.cli_bench", "benchmark a server (bench serve), like vllm bench"),
     "generate": ("tokenyard.runtime.cli_generate", "run the engine offline on prompts and print completions"),

@@ -237,3 +237,63 @@ def test_flags_that_cannot_be_honoured_stop_the_server_with_the_reason(flags, me
         [sys.executable, "-m", "tokenyard.cli", "serve", *flags], capture_output=True, text=True, timeout=120
     )
     assert done.returncode != 0 and message in done.stderr
+
+
+@pytest.mark.parametrize("dataset", ["prefix", "random", "sharegpt"])
+def test_bench_serve_measures_a_real_server(server, tmp_path, dataset):
+    import json
+    import subprocess
+    import sys
+
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [
+                        {"from": "human", "value": "Tell me about rivers."},
+                        {"from": "gpt", "value": "Rivers flow to the sea."},
+                    ]
+                }
+            ]
+        )
+    )
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenyard.cli",
+            "bench",
+            "serve",
+            "--base-url",
+            server.url,
+            "--dataset",
+            dataset,
+            "--dataset-path",
+            str(sharegpt),
+            "--num-prompts",
+            "4",
+            "--max-concurrency",
+            "2",
+            "--output-len",
+            "6",
+            "--input-len",
+            "20",
+            "--request-rate",
+            "20",
+            "--result-file",
+            str(result),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Output token throughput" in done.stdout
+    summary = json.loads(result.read_text())["summary"]
+    assert summary["completed"] == 4 and summary["failed"] == 0
+    assert summary["total_output_tokens"] == 24  # 6 each: EOS is ignored so the work is fixed
+    assert 0 < summary["ttft"]["median_ms"] <= summary["e2e"]["median_ms"]
+    assert summary["itl"]["mean_ms"] > 0 and summary["tpot"]["mean_ms"] > 0
