@@ -8,13 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 import yaml
 from tokenyard.gateway.config import hash_api_key
 
-from ..runtime.server_process import ServerProcess, free_port
+from ..runtime.server_process import ServerProcess, free_port, wait_healthy
 
 TENANTS = {"acme": "key-acme", "globex": "key-globex", "tiny": "key-tiny"}
 
@@ -86,15 +85,7 @@ class GatewayProcess:
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        for _ in range(200):
-            assert self.process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(log.read_text())
+        wait_healthy(self.url, self.process, log)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 
-from ..runtime.server_process import free_port
+from ..runtime.server_process import free_port, wait_healthy
 
 
 def test_tokenyard_up_serves_through_the_gateway_with_a_local_cache(tiny_model_dir, tmp_path):
@@ -40,13 +39,7 @@ def test_tokenyard_up_serves_through_the_gateway_with_a_local_cache(tiny_model_d
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(url, process, log)
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "temperature": 0, "max_tokens": 4}
         first = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         second = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)

@@ -19,6 +19,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Until ``url``/health answers 200; fails with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not ready in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
 class ServerProcess:
     def __init__(self, *flags: str, log: Path) -> None:
         self.port = free_port()
@@ -47,18 +62,8 @@ class ServerProcess:
         )
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+    def _wait_ready(self) -> None:
+        wait_healthy(self.url, self.process, self.log)
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples (all label values) from /metrics."""
