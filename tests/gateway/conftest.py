@@ -15,7 +15,7 @@ from tokenyard.gateway.config import hash_api_key
 
 from ..runtime.server_process import ServerProcess, free_port, wait_healthy
 
-TENANTS = {"acme": "key-acme", "globex": "key-globex", "tiny": "key-tiny"}
+TENANTS = {"acme": "key-acme", "globex": "key-globex", "tiny": "key-tiny", "metered": "key-metered"}
 
 
 class RedisServer:
@@ -113,6 +113,7 @@ def gateway_config(tmp_path_factory) -> Path:
             {"name": "acme", "api_key_sha256": [hash_api_key(TENANTS["acme"])]},
             {"name": "globex", "api_key_sha256": [hash_api_key(TENANTS["globex"])]},
             {"name": "tiny", "api_key_sha256": [hash_api_key(TENANTS["tiny"])], "requests_per_minute": 4},
+            {"name": "metered", "api_key_sha256": [hash_api_key(TENANTS["metered"])], "tokens_per_minute": 60},
         ],
     }
     path = tmp_path_factory.mktemp("gateway") / "gateway.yaml"

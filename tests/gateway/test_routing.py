@@ -78,6 +78,21 @@ def test_tenant_limits_hold_across_two_gateway_processes(upstream, redis_server,
             for i in range(10)
         ]
         assert statuses.count(200) <= 4 and statuses.count(429) >= 6  # rpm 4 for the tenant, whichever gateway
+
+        # tokens/min: usage counted by either gateway stops the tenant on both once the budget (60) is spent
+        metered = {"Authorization": f"Bearer {TENANTS['metered']}"}
+        used, refused = 0, []
+        for i in range(12):
+            response = httpx.post(
+                f"{gateways[i % 2].url}/v1/completions", json={**body, "max_tokens": 8}, headers=metered, timeout=60
+            )
+            if response.status_code == 200:
+                assert not refused, "a request was served after the budget ran out"
+                used += response.json()["usage"]["total_tokens"]
+            else:
+                refused.append((i % 2, response.status_code))
+        assert 60 <= used < 60 + 20  # the request that crossed the budget is the last one served
+        assert {gateway for gateway, _ in refused} == {0, 1} and {status for _, status in refused} == {429}
     finally:
         for gateway in gateways:
             gateway.stop()
