@@ -35,7 +35,6 @@ class Row:
     baseline_name: str
     baseline: float
     target: str  # e.g. ">= 10x"
-    ratio_ok: bool | None = None
 
     @property
     def ratio(self) -> float:

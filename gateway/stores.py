@@ -92,8 +92,8 @@ class TenantLimits:
 
     async def admit(self, tenant: str, requests_per_minute: int | None, tokens_per_minute: int | None) -> int:
         """Count one request. Returns 0 if it may proceed, else the seconds until the window resets."""
-        window, retry_after = divmod(int(time.time()), 60)
-        retry_after = 60 - retry_after
+        window, elapsed = divmod(int(time.time()), 60)
+        retry_after = 60 - elapsed
         if requests_per_minute:
             key = f"tokenyard:rpm:{tenant}:{window}"
 

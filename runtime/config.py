@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -32,7 +32,6 @@ class EngineConfig:
     enforce_eager: bool = False
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's choice
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")

@@ -41,7 +41,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """The engine settings the flags ask for; a flag that cannot be honoured ends the command with its reason."""
-    names = [f for f in EngineConfig.__dataclass_fields__ if f not in ("num_threads", "extra")]
+    names = [f for f in EngineConfig.__dataclass_fields__ if f != "num_threads"]
     try:
         return EngineConfig(**{name: getattr(args, name) for name in names})
     except ValueError as error:

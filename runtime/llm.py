@@ -35,13 +35,16 @@ class LLM:
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = _per_prompt(sampling_params, len(prompts))
-        request_ids = [f"offline-{next(self._ids)}" for _ in prompts]
+        tokenized = []
         for index, prompt in enumerate(prompts):
+            text, ids = self.engine.tokenize(prompt)
             try:
-                self.engine.check_prompt(self.engine.tokenize(prompt)[1])
+                self.engine.check_prompt(ids)
             except ValueError as error:
                 raise ValueError(f"prompt {index}: {error}") from None
-        for request_id, prompt, p in zip(request_ids, prompts, params, strict=True):
+            tokenized.append({"prompt": text, "prompt_token_ids": ids})
+        request_ids = [f"offline-{next(self._ids)}" for _ in prompts]
+        for request_id, prompt, p in zip(request_ids, tokenized, params, strict=True):
             self.engine.add_request(request_id, prompt, p)
         return self._run(request_ids)
 

@@ -31,7 +31,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = [s for s in (self.stop or [])]
+        self.stop = list(self.stop or [])
         require(self.n == 1, "n", self.n, "1 (n > 1 is not supported yet)")
         require(self.temperature >= 0, "temperature", self.temperature, ">= 0")
         require(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
