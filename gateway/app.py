@@ -14,17 +14,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
-from tokenyard.gateway.canonical import cache_key, canonical_request, is_deterministic
-from tokenyard.gateway.config import GatewayConfig
+from tokenyard.gateway.caching import CachePlan, Hit, ResponseCache, SemanticCache
+from tokenyard.gateway.config import CachePolicy, GatewayConfig
+from tokenyard.gateway.embeddings import LocalEmbedder, RemoteEmbedder
 from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.replay import aggregate_stream, replay_stream
 from tokenyard.gateway.router import Replica, Router, affinity_key
-from tokenyard.gateway.stores import ExactCache, MemoryExactCache, RedisStore, TenantLimits
+from tokenyard.gateway.stores import ExactCache, MemoryExactCache, RedisStore, StoreGuard, TenantLimits
+from tokenyard.gateway.vector_index import MemoryVectorIndex, PgVectorIndex
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 RETRYABLE = {429, 502, 503, 504}
 HEALTH_INTERVAL_SECONDS = 2.0
+EXPIRY_INTERVAL_SECONDS = 60.0
+EMBED_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, ValueError, KeyError)
 
 
 def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -38,17 +42,34 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.router = Router(config.upstreams)
         self.http: aiohttp.ClientSession | None = None  # created on the event loop, in start()
-        self.store = None
-        if config.redis_url:
-            self.store = RedisStore(
-                config.redis_url,
-                config.store_timeout_seconds,
-                lambda kind: self.metrics.store_errors.labels("redis", kind).inc(),
-            )
-        self.exact = ExactCache(self.store) if self.store else (MemoryExactCache() if config.local_cache else None)
-        self.limits = TenantLimits(self.store) if self.store else None
+        self._tasks: list[asyncio.Task] = []
+        self.redis = (
+            RedisStore(config.redis_url, config.store_timeout_seconds, self._count_store_error)
+            if config.redis_url
+            else None
+        )
+        exact = ExactCache(self.redis) if self.redis else (MemoryExactCache() if config.local_cache else None)
+        self.cache = ResponseCache(exact, self._semantic_cache(), self.metrics)
+        self.limits = TenantLimits(self.redis) if self.redis else None
         for replica in self.router.replicas:
             self.metrics.upstream_healthy.labels(replica.url).set(1)
+
+    def _semantic_cache(self) -> SemanticCache | None:
+        if not self.config.semantic_enabled:
+            return None
+        settings = self.config.embeddings
+        embedder = RemoteEmbedder(settings.url, settings.model) if settings.url else LocalEmbedder()
+        index = (
+            PgVectorIndex(self.config.database_url, self.config.store_timeout_seconds)
+            if self.config.database_url
+            else MemoryVectorIndex()
+        )
+        index_guard = StoreGuard(index.name, self.config.store_timeout_seconds, index.errors, self._count_store_error)
+        embed_guard = StoreGuard("embeddings", settings.timeout_seconds, EMBED_ERRORS, self._count_store_error)
+        return SemanticCache(embedder, index, index_guard, embed_guard)
+
+    def _count_store_error(self, store: str, kind: str) -> None:
+        self.metrics.store_errors.labels(store, kind).inc()
 
     def tenant(self, request: Request) -> str | None:
         if self.config.open_access:
@@ -66,7 +87,7 @@ class Gateway:
         try:
             body = json.loads(await request.body())
             assert isinstance(body, dict)
-        except (json.JSONDecodeError, AssertionError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError):
             return error(400, "the body must be a JSON object", "invalid_request_error")
         model = str(body.get("model", ""))
         tenant = next((t for t in self.config.tenants if t.name == tenant_name), None)
@@ -80,54 +101,34 @@ class Gateway:
                     "rate_limit_error",
                     headers={"Retry-After": str(retry_after)},
                 )
-        outcome, key = self._cache_plan(request, body, endpoint, tenant_name, model)
-        if outcome == "lookup":
-            started = time.perf_counter()
-            cached = await self.exact.get(key)
-            self.metrics.cache_lookup.labels("exact").observe(time.perf_counter() - started)
-            if cached is not None:
-                return self._serve_hit(cached, body, tenant_name, model)
-            outcome = "miss"
-        response = await self._forward(request, endpoint, body, tenant_name, model, outcome, key)
-        return response
+        policy = self.config.policy(model, endpoint)
+        plan = self.cache.plan(request.headers.get("cache-control", ""), body, endpoint, tenant_name, model, policy)
+        hit = await self.cache.lookup(plan, tenant_name)
+        if hit is not None:
+            return self._serve_hit(hit, body, tenant_name, model, policy)
+        return await self._forward(request, endpoint, body, tenant_name, model, plan)
 
-    def _cache_plan(
-        self, request: Request, body: dict, endpoint: str, tenant: str, model: str
-    ) -> tuple[str, str | None]:
-        control = request.headers.get("cache-control", "").lower()
-        policy = self.config.cache
-        cacheable = (
-            self.exact is not None
-            and policy.exact
-            and "no-store" not in control
-            and (is_deterministic(body) or policy.cache_sampled)
-            and not (body.get("stream") and (body.get("logprobs") or body.get("echo")))
-        )
-        if not cacheable:
-            return "bypass", None
-        key = cache_key(tenant, model, canonical_request(body, endpoint))
-        return ("store-only" if "no-cache" in control else "lookup"), key
-
-    def _serve_hit(self, raw: bytes, body: dict, tenant: str, model: str) -> Response:
-        cached = json.loads(raw)
-        usage = cached.get("usage") or {}
-        self.metrics.requests.labels(tenant, model, "hit-exact", "200").inc()
-        self.metrics.tokens_saved.labels(tenant, model).inc(usage.get("total_tokens", 0))
-        self.metrics.cost_saved.labels(tenant, model).inc(
-            usage.get("total_tokens", 0) / 1000 * self.config.cache.cost_per_1k_tokens
-        )
-        headers = {"x-tokenyard-cache": "hit-exact"}
+    def _serve_hit(self, hit: Hit, body: dict, tenant: str, model: str, policy: CachePolicy) -> Response:
+        cached = json.loads(hit.body)
+        tokens = (cached.get("usage") or {}).get("total_tokens", 0)
+        self.metrics.requests.labels(tenant, model, hit.outcome, "200").inc()
+        self.metrics.tokens_saved.labels(tenant, model).inc(tokens)
+        self.metrics.cost_saved.labels(tenant, model).inc(tokens / 1000 * policy.cost_per_1k_tokens)
+        headers = {"x-tokenyard-cache": hit.outcome}
+        if hit.similarity is not None:
+            headers["x-tokenyard-similarity"] = f"{hit.similarity:.4f}"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
                 replay_stream(cached, include_usage), media_type="text/event-stream", headers=headers
             )
-        return Response(raw, media_type="application/json", headers=headers)
+        return Response(hit.body, media_type="application/json", headers=headers)
 
     async def _forward(
-        self, request: Request, endpoint: str, body: dict, tenant: str, model: str, outcome: str, key: str | None
+        self, request: Request, endpoint: str, body: dict, tenant: str, model: str, plan: CachePlan
     ) -> Response:
-        headers = {"x-tokenyard-cache": "bypass" if outcome == "bypass" else "miss"}
+        outcome = "bypass" if plan.bypass else "miss"
+        headers = {"x-tokenyard-cache": outcome}
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         upstream_body = dict(body)
         if body.get("stream"):  # always ask for usage, so a completed stream can be stored and counted
@@ -170,8 +171,8 @@ class Gateway:
                 upstream.release()
                 replica.outstanding -= 1
                 self.metrics.upstream_latency.labels(replica.url).observe(time.perf_counter() - started)
-            if status == 200 and (key is not None or self.limits is not None):
-                await self._after(tenant, key, outcome, json.loads(content))
+            if status == 200:
+                await self._after(tenant, plan, json.loads(content))
             return Response(content, status, media_type=upstream.content_type, headers=headers)
 
         async def relay() -> AsyncIterator[bytes]:
@@ -189,16 +190,15 @@ class Gateway:
                 self.metrics.upstream_latency.labels(replica.url).observe(time.perf_counter() - started)
             result = aggregate_stream(lines, endpoint)
             if result is not None:  # only complete streams are stored
-                await self._after(tenant, key, outcome, result)
+                await self._after(tenant, plan, result)
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
-    async def _after(self, tenant: str, key: str | None, outcome: str, result: dict) -> None:
-        usage = result.get("usage") or {}
+    async def _after(self, tenant: str, plan: CachePlan, result: dict) -> None:
         if self.limits:
-            await self.limits.add_tokens(tenant, int(usage.get("total_tokens", 0)))
-        if key is not None and outcome in ("miss", "store-only"):
-            await self.exact.put(key, result, self.config.cache.exact_ttl_seconds)
+            await self.limits.add_tokens(tenant, int((result.get("usage") or {}).get("total_tokens", 0)))
+        if not plan.bypass:
+            await self.cache.store(plan, tenant, result)
 
     async def start(self) -> None:
         # aiohttp, not httpx, on the hot path: measured here, httpx's async client spent ~2.5 ms of CPU per
@@ -209,6 +209,16 @@ class Gateway:
             ),
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
         )
+        self._tasks = [asyncio.create_task(self.check_health(HEALTH_INTERVAL_SECONDS))]
+        if self.cache.semantic:
+            await self.cache.semantic.index.open()
+            self._tasks.append(asyncio.create_task(self.expire_semantic_entries(EXPIRY_INTERVAL_SECONDS)))
+
+    async def expire_semantic_entries(self, interval: float) -> None:
+        semantic = self.cache.semantic
+        while True:
+            await asyncio.sleep(interval)
+            await semantic.index_guard.call(semantic.index.delete_expired, 0)
 
     async def check_health(self, interval: float) -> None:
         """Active checks: a replica whose /health fails leaves the rotation until it answers 200 again."""
@@ -227,9 +237,13 @@ class Gateway:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         await self.http.close()
-        if self.store:
-            await self.store.close()
+        if self.redis:
+            await self.redis.close()
+        if self.cache.semantic:
+            await self.cache.semantic.index.close()
 
 
 def _forward_headers(request: Request) -> dict[str, str]:
@@ -251,9 +265,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
         if config.open_access:
             log.warning("no tenants configured: the gateway is open to anyone who can reach it (local mode)")
         await gateway.start()
-        checks = asyncio.create_task(gateway.check_health(HEALTH_INTERVAL_SECONDS))
         yield
-        checks.cancel()
         await gateway.close()
 
     app = FastAPI(title="tokenyard gateway", docs_url=None, redoc_url=None, lifespan=lifespan)

@@ -11,6 +11,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--upstream", action="append", default=[], help="a runtime replica's base URL (repeatable)")
     parser.add_argument("--redis-url", default=None, help="exact cache and shared tenant limits")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL with pgvector: the semantic cache")
+    parser.add_argument(
+        "--embeddings-url",
+        default=None,
+        help="an OpenAI-compatible /v1/embeddings base URL for the semantic cache (default: all-MiniLM-L6-v2 here)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML: tenants, limits, cache policy")
     parser.add_argument(
         "--access-log",
@@ -27,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from tokenyard.gateway.config import load_config
 
     try:
-        config = load_config(args.config, upstreams=args.upstream, redis_url=args.redis_url)
+        config = load_config(
+            args.config, upstreams=args.upstream, redis_url=args.redis_url, database_url=args.database_url
+        )
+        if args.embeddings_url:
+            config.embeddings.url = args.embeddings_url
     except (ValidationError, OSError) as error:
         raise SystemExit(f"error: invalid gateway configuration: {error}") from None
     if not config.upstreams:

@@ -1,12 +1,25 @@
-"""Gateway settings: upstreams, stores, tenants (API keys stored as SHA-256 hashes) and cache policy."""
+"""Gateway settings: upstreams, stores, tenants (API keys stored as SHA-256 hashes) and cache policies."""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+# Prompts about the asker or about the moment have answers that do not carry over to someone else's near-identical
+# prompt, so by default they never take (or give) a semantic hit.
+DEFAULT_BYPASS_PATTERNS = [
+    r"\b(today|tonight|tomorrow|yesterday|now|nowadays|currently|current|latest|recent|recently|upcoming)\b",
+    r"\b(this|next|last) (morning|evening|night|week|weekend|month|quarter|year|season)\b",
+    r"\b(weather|forecast|news|headlines|stock price|exchange rate|score)\b",
+    r"\b(my|mine|myself|our|ours)\b",
+]
 
 
 class Tenant(BaseModel):
@@ -23,8 +36,49 @@ class CachePolicy(BaseModel):
 
     exact: bool = True
     exact_ttl_seconds: int = Field(default=3600, ge=1)
+    semantic: bool = Field(default=True, description="used when a vector store is configured")
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1, description="cosine similarity needed for a hit")
+    semantic_ttl_seconds: int = Field(default=86400, ge=1)
+    bypass_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BYPASS_PATTERNS),
+        description="case-insensitive regular expressions; a last user turn matching one skips the semantic cache",
+    )
     cache_sampled: bool = Field(default=False, description="also cache requests with temperature > 0 and no seed")
     cost_per_1k_tokens: float = Field(default=0.0, ge=0, description="for the 'estimated cost saved' metric")
+
+    @field_validator("bypass_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"bypass pattern {pattern!r} is not a valid regular expression: {error}") from None
+        return patterns
+
+    @cached_property
+    def bypass(self) -> re.Pattern[str] | None:
+        if not self.bypass_patterns:
+            return None
+        return re.compile("|".join(f"(?:{p})" for p in self.bypass_patterns), re.IGNORECASE)
+
+
+class CacheRule(BaseModel):
+    """Overrides of the default policy for the models and routes that match (glob patterns); first match wins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "*"
+    route: str = "*"
+    policy: dict[str, Any] = Field(description="CachePolicy fields to change")
+
+
+class Embeddings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, description="an OpenAI-compatible /v1/embeddings base URL; local if unset")
+    model: str = "all-MiniLM-L6-v2"
+    timeout_seconds: float = Field(default=0.5, gt=0)
 
 
 class GatewayConfig(BaseModel):
@@ -32,20 +86,45 @@ class GatewayConfig(BaseModel):
 
     upstreams: list[str] = Field(default_factory=list)
     redis_url: str | None = None
-    local_cache: bool = Field(default=False, description="without Redis, keep the exact cache in this process")
+    database_url: str | None = Field(default=None, description="PostgreSQL with pgvector, for the semantic cache")
+    local_cache: bool = Field(
+        default=False, description="without Redis and PostgreSQL, keep both caches in this process (local mode)"
+    )
+    embeddings: Embeddings = Field(default_factory=Embeddings)
     tenants: list[Tenant] = Field(default_factory=list)
     cache: CachePolicy = Field(default_factory=CachePolicy)
+    cache_rules: list[CacheRule] = Field(default_factory=list)
     store_timeout_seconds: float = Field(default=0.05, gt=0, description="a store slower than this is skipped")
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     first_byte_timeout_seconds: float = Field(default=60.0, gt=0)
+    discovery: Literal["static", "kubernetes"] = "static"
+    namespaces: list[str] | None = Field(default=None, description="where to watch EndpointSlices; None: all")
+    _rule_policies: list[tuple[CacheRule, CachePolicy]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules_are_valid_policies(self) -> GatewayConfig:
+        self._rule_policies = [
+            (rule, CachePolicy.model_validate({**self.cache.model_dump(), **rule.policy})) for rule in self.cache_rules
+        ]
+        return self
 
     @property
     def open_access(self) -> bool:
         return not self.tenants
 
+    @property
+    def semantic_enabled(self) -> bool:
+        return bool(self.database_url or self.local_cache)
+
     def tenant_for_key(self, api_key: str) -> Tenant | None:
         digest = hash_api_key(api_key)
         return next((t for t in self.tenants if digest in t.api_key_sha256), None)
+
+    def policy(self, model: str, route: str) -> CachePolicy:
+        for rule, policy in self._rule_policies:
+            if fnmatchcase(model, rule.model) and fnmatchcase(route, rule.route):
+                return policy
+        return self.cache
 
 
 def hash_api_key(api_key: str) -> str:

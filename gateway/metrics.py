@@ -19,6 +19,12 @@ class GatewayMetrics:
         self.cache_lookup = Histogram(
             "tokenyard_gateway_cache_lookup_seconds", "Cache lookup time", ["cache"], buckets=_SECONDS, registry=r
         )
+        self.embedding = Histogram(
+            "tokenyard_gateway_embedding_seconds",
+            "Time to embed a prompt for the semantic cache",
+            buckets=_SECONDS,
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "tokenyard_gateway_upstream_seconds",
             "Upstream time to response end",

