@@ -16,10 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 from tokenyard.gateway.caching import CachePlan, Hit, ResponseCache, SemanticCache
 from tokenyard.gateway.config import CachePolicy, GatewayConfig
+from tokenyard.gateway.discovery import KubernetesAPI, watch_deployments
 from tokenyard.gateway.embeddings import LocalEmbedder, RemoteEmbedder
+from tokenyard.gateway.fleet import STATIC, Fleet
 from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.replay import aggregate_stream, replay_stream
-from tokenyard.gateway.router import Replica, Router, affinity_key
+from tokenyard.gateway.router import Replica, affinity_key
 from tokenyard.gateway.stores import ExactCache, MemoryExactCache, RedisStore, StoreGuard, TenantLimits
 from tokenyard.gateway.vector_index import MemoryVectorIndex, PgVectorIndex
 
@@ -40,7 +42,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
-        self.router = Router(config.upstreams)
+        self.fleet = Fleet(config.upstreams)
         self.http: aiohttp.ClientSession | None = None  # created on the event loop, in start()
         self._tasks: list[asyncio.Task] = []
         self.redis = (
@@ -51,7 +53,7 @@ class Gateway:
         exact = ExactCache(self.redis) if self.redis else (MemoryExactCache() if config.local_cache else None)
         self.cache = ResponseCache(exact, self._semantic_cache(), self.metrics)
         self.limits = TenantLimits(self.redis) if self.redis else None
-        for replica in self.router.replicas:
+        for _, replica in self.fleet.replicas():
             self.metrics.upstream_healthy.labels(replica.url).set(1)
 
     def _semantic_cache(self) -> SemanticCache | None:
@@ -133,9 +135,18 @@ class Gateway:
         upstream_body = dict(body)
         if body.get("stream"):  # always ask for usage, so a completed stream can be stored and counted
             upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        router = self.fleet.router_for(model)
+        if router is None:
+            self.metrics.requests.labels(tenant, model, outcome, "404").inc()
+            return error(
+                404,
+                f"the model {model!r} is not served here; available: {', '.join(self.fleet.models()) or 'none yet'}",
+                "invalid_request_error",
+                "model",
+            )
         tried: set[Replica] = set()
         while True:
-            replica = self.router.pick(affinity_key(body), tried)
+            replica = router.pick(affinity_key(body), tried)
             if replica is None:
                 self.metrics.requests.labels(tenant, model, outcome, "503").inc()
                 return error(503, "no healthy upstream replica", "service_unavailable", headers={"Retry-After": "1"})
@@ -151,11 +162,11 @@ class Gateway:
             ) as failure:  # nothing was sent to the client yet: try another replica
                 replica.outstanding -= 1
                 log.warning("upstream %s failed before responding (%s); retrying elsewhere", replica.url, failure)
-                self.router.eject(replica)
+                replica.eject()
                 self.metrics.upstream_healthy.labels(replica.url).set(0)
                 self.metrics.upstream_retries.labels(replica.url).inc()
                 continue
-            if upstream.status in RETRYABLE and len(tried) < len(self.router.replicas):
+            if upstream.status in RETRYABLE and len(tried) < len(router.replicas):
                 upstream.release()  # overloaded or not ready: another replica may take it
                 replica.outstanding -= 1
                 self.metrics.upstream_retries.labels(replica.url).inc()
@@ -210,6 +221,9 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
         )
         self._tasks = [asyncio.create_task(self.check_health(HEALTH_INTERVAL_SECONDS))]
+        if self.config.discovery == "kubernetes":
+            api = KubernetesAPI.from_environment()
+            self._tasks.append(asyncio.create_task(watch_deployments(api, self.config.namespaces, self.on_discovery)))
         if self.cache.semantic:
             await self.cache.semantic.index.open()
             self._tasks.append(asyncio.create_task(self.expire_semantic_entries(EXPIRY_INTERVAL_SECONDS)))
@@ -221,20 +235,32 @@ class Gateway:
             await semantic.index_guard.call(semantic.index.delete_expired, 0)
 
     async def check_health(self, interval: float) -> None:
-        """Active checks: a replica whose /health fails leaves the rotation until it answers 200 again."""
         while True:
-            for replica in self.router.replicas:
-                try:
-                    async with self.http.get(f"{replica.url}/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
-                        ok = r.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
-                if ok:
-                    self.router.restore(replica)
-                else:
-                    self.router.eject(replica)
-                self.metrics.upstream_healthy.labels(replica.url).set(1 if replica.healthy else 0)
+            await self.check_replicas()
             await asyncio.sleep(interval)
+
+    async def check_replicas(self) -> None:
+        """Active checks: a replica whose /health fails leaves the rotation until it answers 200 again. A
+        discovered deployment's models are learnt from the first replica that answers."""
+        for deployment, replica in self.fleet.replicas():
+            try:
+                async with self.http.get(f"{replica.url}/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    ok = r.status == 200
+                if ok and deployment != STATIC and deployment not in self.fleet.served:
+                    async with self.http.get(f"{replica.url}/v1/models", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        models = {m["id"] for m in (await r.json())["data"]}
+                    self.fleet.learn_models(deployment, models)
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+                ok = False
+            if ok:
+                replica.restore()
+            else:
+                replica.eject()
+            self.metrics.upstream_healthy.labels(replica.url).set(1 if replica.healthy else 0)
+
+    def on_discovery(self, replicas: dict[str, list[str]]) -> None:
+        self.fleet.update(replicas)
+        self._tasks.append(asyncio.create_task(self.check_replicas()))  # learn new replicas' models now
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -281,7 +307,10 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        replica = gateway.router.pick(None)
+        if STATIC not in gateway.fleet.routers:
+            data = [{"id": name, "object": "model", "owned_by": "tokenyard"} for name in gateway.fleet.models()]
+            return JSONResponse({"object": "list", "data": data})
+        replica = gateway.fleet.routers[STATIC].pick(None)
         if replica is None:
             return error(503, "no healthy upstream replica", "service_unavailable")
         async with gateway.http.get(f"{replica.url}/v1/models") as upstream:
@@ -289,7 +318,7 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200 if any(r.healthy for r in gateway.router.replicas) else 503)
+        return Response(status_code=200 if any(r.healthy for _, r in gateway.fleet.replicas()) else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

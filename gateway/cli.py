@@ -10,6 +10,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--upstream", action="append", default=[], help="a runtime replica's base URL (repeatable)")
+    parser.add_argument(
+        "--discovery",
+        choices=["static", "kubernetes"],
+        default=None,
+        help="static: the --upstream replicas; kubernetes: the EndpointSlices labelled tokenyard.dev/deployment, "
+        "watched through the in-cluster config or the current kubeconfig (default: static)",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="with --discovery kubernetes: a namespace to watch (repeatable; default: all namespaces)",
+    )
     parser.add_argument("--redis-url", default=None, help="exact cache and shared tenant limits")
     parser.add_argument("--database-url", default=None, help="PostgreSQL with pgvector: the semantic cache")
     parser.add_argument(
@@ -34,13 +47,23 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(
-            args.config, upstreams=args.upstream, redis_url=args.redis_url, database_url=args.database_url
+            args.config,
+            upstreams=args.upstream,
+            redis_url=args.redis_url,
+            database_url=args.database_url,
+            discovery=args.discovery,
+            namespaces=args.namespace,
         )
         if args.embeddings_url:
             config.embeddings.url = args.embeddings_url
     except (ValidationError, OSError) as error:
         raise SystemExit(f"error: invalid gateway configuration: {error}") from None
-    if not config.upstreams:
-        raise SystemExit("error: no upstream: pass --upstream URL (repeatable) or list `upstreams` in --config")
+    if config.discovery == "static" and not config.upstreams:
+        raise SystemExit(
+            "error: no upstream: pass --upstream URL (repeatable), list `upstreams` in --config, "
+            "or use --discovery kubernetes"
+        )
+    if config.discovery == "kubernetes" and config.upstreams:
+        raise SystemExit("error: --upstream and --discovery kubernetes exclude each other: pick one")
     uvicorn.run(build_app(config), host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

@@ -25,6 +25,12 @@ class Replica:
     def healthy(self) -> bool:
         return time.monotonic() >= self.ejected_until
 
+    def eject(self) -> None:
+        self.ejected_until = time.monotonic() + EJECT_SECONDS
+
+    def restore(self) -> None:
+        self.ejected_until = 0.0
+
 
 def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
@@ -32,7 +38,13 @@ def _hash(text: str) -> int:
 
 class Router:
     def __init__(self, urls: list[str]) -> None:
-        self.replicas = [Replica(url.rstrip("/")) for url in urls]
+        self.replicas: list[Replica] = []
+        self.update(urls)
+
+    def update(self, urls: list[str]) -> None:
+        """Take a new replica set; replicas that stay keep their state (outstanding work, ejection)."""
+        known = {r.url: r for r in self.replicas}
+        self.replicas = [known.get(url.rstrip("/")) or Replica(url.rstrip("/")) for url in urls]
         self._ring = sorted((_hash(f"{r.url}#{i}"), r) for r in self.replicas for i in range(VIRTUAL_NODES))
         self._points = [point for point, _ in self._ring]
 
@@ -50,12 +62,6 @@ class Router:
             if replica in candidates and replica.outstanding + 1 <= bound:
                 return replica
         return min(candidates, key=lambda r: r.outstanding)
-
-    def eject(self, replica: Replica) -> None:
-        replica.ejected_until = time.monotonic() + EJECT_SECONDS
-
-    def restore(self, replica: Replica) -> None:
-        replica.ejected_until = 0.0
 
 
 def affinity_key(body: dict) -> str | None:

@@ -24,9 +24,9 @@ def test_without_affinity_the_least_loaded_replica_is_chosen_and_ejected_ones_ar
     router = Router(["http://a", "http://b"])
     router.replicas[0].outstanding = 3
     assert router.pick(None).url == "http://b"
-    router.eject(router.replicas[1])
+    router.replicas[1].eject()
     assert router.pick(None).url == "http://a"
-    router.eject(router.replicas[0])
+    router.replicas[0].eject()
     assert router.pick(None) is None
 
 
