@@ -78,17 +78,22 @@ def judge(pairs: list[Pair], similarity: np.ndarray, policy: CachePolicy) -> Jud
 def sweep_table(pairs: list[Pair], similarity: np.ndarray, policy: CachePolicy) -> str:
     """A markdown table: per threshold, false hits and recall with the meaning checks, and by cosine alone."""
     rows = [
-        "| threshold | false hits | recall | cosine alone: false hits | cosine alone: recall |",
+        "| threshold (reworded) | false hits | recall | cosine alone: false hits | cosine alone: recall |",
         "|---:|---:|---:|---:|---:|",
     ]
     should = np.array([p.should_hit for p in pairs])
+    margin = policy.semantic_reworded_threshold - policy.semantic_threshold  # kept as the threshold moves
     for threshold in THRESHOLDS:
-        judgement = judge(pairs, similarity, policy.model_copy(update={"semantic_threshold": threshold}))
+        moved = {"semantic_threshold": threshold, "semantic_reworded_threshold": min(1.0, threshold + margin)}
+        judgement = judge(pairs, similarity, policy.model_copy(update=moved))
         above = similarity >= threshold
+        false_hits = f"{judgement.false_hit_rate:.1%} ({len(judgement.false_hits)}/{judgement.must_not})"
+        recall = f"{judgement.recall:.1%} ({judgement.hits}/{judgement.should_hit})"
+        cosine_false = (above & ~should).sum() / (~should).sum()
+        cosine_recall = (above & should).sum() / should.sum()
         rows.append(
-            f"| {threshold:.2f} | {judgement.false_hit_rate:.1%} ({len(judgement.false_hits)}/{judgement.must_not})"
-            f" | {judgement.recall:.1%} ({judgement.hits}/{judgement.should_hit})"
-            f" | {(above & ~should).sum() / (~should).sum():.1%} | {(above & should).sum() / should.sum():.1%} |"
+            f"| {threshold:.2f} ({moved['semantic_reworded_threshold']:.2f}) | {false_hits} | {recall}"
+            f" | {cosine_false:.1%} | {cosine_recall:.1%} |"
         )
     return "\n".join(rows)
 

@@ -38,6 +38,13 @@ class CachePolicy(BaseModel):
     exact_ttl_seconds: int = Field(default=3600, ge=1)
     semantic: bool = Field(default=True, description="used when a vector store is configured")
     semantic_threshold: float = Field(default=0.95, gt=0, le=1, description="cosine similarity needed for a hit")
+    semantic_reworded_threshold: float = Field(
+        default=0.97,
+        gt=0,
+        le=1,
+        description="the similarity needed when the prompts' content words differ (a rewording, not just case, "
+        "punctuation or filler): where an embedder's similarity is least to be trusted",
+    )
     semantic_ttl_seconds: int = Field(default=86400, ge=1)
     bypass_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BYPASS_PATTERNS),
@@ -45,6 +52,15 @@ class CachePolicy(BaseModel):
     )
     cache_sampled: bool = Field(default=False, description="also cache requests with temperature > 0 and no seed")
     cost_per_1k_tokens: float = Field(default=0.0, ge=0, description="for the 'estimated cost saved' metric")
+
+    @model_validator(mode="after")
+    def _reworded_is_stricter(self) -> CachePolicy:
+        if self.semantic_reworded_threshold < self.semantic_threshold:
+            raise ValueError(
+                f"semantic_reworded_threshold ({self.semantic_reworded_threshold}) must be at least "
+                f"semantic_threshold ({self.semantic_threshold})"
+            )
+        return self
 
     @field_validator("bypass_patterns")
     @classmethod

@@ -241,8 +241,9 @@ def bypassed(text: str, policy: CachePolicy) -> bool:
 
 def serves(cached: str, incoming: str, similarity: float, policy: CachePolicy) -> bool:
     """Whether the entry stored for prompt ``cached`` may answer ``incoming`` (both already in one scope)."""
+    needed = policy.semantic_threshold if _same_content(cached, incoming) else policy.semantic_reworded_threshold
     return (
-        similarity >= policy.semantic_threshold
+        similarity >= needed
         and not bypassed(incoming, policy)
         and not bypassed(cached, policy)
         and difference(cached, incoming) is None
@@ -274,6 +275,11 @@ def difference(cached: str, incoming: str) -> str | None:
         if words_moved or stems_a != stems_b:  # who killed Goliath / who did Goliath kill
             return "word order"
     return None
+
+
+def _same_content(cached: str, incoming: str) -> bool:
+    """Only case, punctuation, filler or inflection differ."""
+    return Counter(map(_stem, _content(_words(cached)))) == Counter(map(_stem, _content(_words(incoming))))
 
 
 def _words(text: str) -> list[str]:

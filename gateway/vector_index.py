@@ -4,6 +4,7 @@ must be equal for two requests to share an answer); a search only ever looks ins
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ class PgVectorIndex:
     @staticmethod
     async def _configure(connection) -> None:
         from pgvector.psycopg import register_vector_async
+        from psycopg.errors import UniqueViolation
 
-        await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with contextlib.suppress(UniqueViolation):  # two new connections raced to create it: it exists
+            await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
         await register_vector_async(connection)
         # Without iterative scans an HNSW search that is then filtered by scope can come back empty when the
         # scope holds a small part of the table (pgvector 0.8+).
