@@ -12,6 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
+EXACT_SCAN_ROWS = 2_000
+LARGE_SCOPE_RECHECK_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -59,6 +62,7 @@ class PgVectorIndex:
             kwargs={"autocommit": True},
         )
         self._tables: set[int] = set()
+        self._large_scopes: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> when to measure again
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -96,16 +100,41 @@ class PgVectorIndex:
         return table
 
     async def search(self, tenant: str, scope: str, embedding: np.ndarray, limit: int) -> list[Candidate]:
+        """The nearest entries of one tenant's scope. A scope of up to EXACT_SCAN_ROWS entries is scanned exactly
+        (its own index finds its rows; ~1 ms): HNSW would walk the whole table's graph filtering out other
+        scopes' entries (measured: p99 14 ms for 1,000 entries in a 100,000-entry table). Scopes found larger
+        go to HNSW, and are re-measured after a while, as scopes grow."""
+        key = (tenant, scope)
+        params = {"v": embedding, "tenant": tenant, "scope": scope, "limit": limit, "rows": EXACT_SCAN_ROWS + 1}
         async with self.pool.connection() as connection:
             table = await self._table(connection, len(embedding))
+            if self._large_scopes.get(key, 0.0) < time.monotonic():
+                cursor = await connection.execute(
+                    f"""SELECT prompt, response, 1 - (embedding <=> %(v)s), count(*) OVER () FROM (
+                            SELECT prompt, response, embedding FROM {table}
+                            WHERE tenant = %(tenant)s AND scope = %(scope)s AND expires_at > now() LIMIT %(rows)s
+                        ) AS scope_rows ORDER BY embedding <=> %(v)s LIMIT %(limit)s""",
+                    params,
+                )
+                rows = await cursor.fetchall()
+                if not rows or rows[0][3] <= EXACT_SCAN_ROWS:
+                    return [Candidate(p, bytes(r), float(s)) for p, r, s, _ in rows]
+                self._remember_large(key)
             cursor = await connection.execute(
                 f"""SELECT prompt, response, 1 - (embedding <=> %(v)s) FROM {table}
                     WHERE tenant = %(tenant)s AND scope = %(scope)s AND expires_at > now()
                     ORDER BY embedding <=> %(v)s LIMIT %(limit)s""",
-                {"v": embedding, "tenant": tenant, "scope": scope, "limit": limit},
+                params,
             )
             rows = await cursor.fetchall()
+        # iterative HNSW scans in relaxed order may return the nearest few slightly out of order
         return sorted((Candidate(p, bytes(r), float(s)) for p, r, s in rows), key=lambda c: -c.similarity)
+
+    def _remember_large(self, key: tuple[str, str]) -> None:
+        self._large_scopes[key] = time.monotonic() + LARGE_SCOPE_RECHECK_SECONDS
+        self._large_scopes.move_to_end(key)
+        while len(self._large_scopes) > 10_000:
+            self._large_scopes.popitem(last=False)
 
     async def add(
         self, tenant: str, scope: str, prompt: str, embedding: np.ndarray, response: bytes, ttl_seconds: int
