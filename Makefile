@@ -32,6 +32,7 @@ bench: install
 	$(PY) -m benchmarks.engine --out docs/benchmarks.md
 	$(PY) -m benchmarks.serve --out docs/benchmarks.md
 	$(PY) -m benchmarks.gateway --out docs/benchmarks.md
+	$(PY) -m benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
 
 serve: install
 	@echo 'Starting the local stack: tokenyard serve (packaged SmolLM2-135M-Instruct) on :8000, the gateway on :8080.'
