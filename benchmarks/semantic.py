@@ -171,8 +171,9 @@ def sweep() -> str:
             ("default policy", CachePolicy()),
             ("no bypass patterns", CachePolicy(bypass_patterns=[])),
         ):
-            kept = pairs if policy.bypass_patterns else [p for p in pairs if p.category not in ("time", "personal")]
-            kept_similarity = similarity if kept is pairs else similarities(kept, embedder.embed_now)
+            keep = [bool(policy.bypass_patterns) or p.category not in ("time", "personal") for p in pairs]
+            kept = [p for p, k in zip(pairs, keep, strict=True) if k]
+            kept_similarity = similarity[np.array(keep)]
             parts += [
                 "",
                 f"## {path.name}, {title} ({len(kept)} pairs)",

@@ -30,7 +30,6 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 RETRYABLE = {429, 502, 503, 504}
 HEALTH_INTERVAL_SECONDS = 2.0
 EXPIRY_INTERVAL_SECONDS = 60.0
-EMBED_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, ValueError, KeyError)
 
 
 def error(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -45,6 +44,7 @@ class Gateway:
         self.fleet = Fleet(config.upstreams)
         self.http: aiohttp.ClientSession | None = None  # created on the event loop, in start()
         self._tasks: list[asyncio.Task] = []
+        self._refreshes: set[asyncio.Task] = set()  # replica checks started by discovery, held until done
         self.redis = (
             RedisStore(config.redis_url, config.store_timeout_seconds, self._count_store_error)
             if config.redis_url
@@ -67,7 +67,7 @@ class Gateway:
             else MemoryVectorIndex()
         )
         index_guard = StoreGuard(index.name, self.config.store_timeout_seconds, index.errors, self._count_store_error)
-        embed_guard = StoreGuard("embeddings", settings.timeout_seconds, EMBED_ERRORS, self._count_store_error)
+        embed_guard = StoreGuard("embeddings", settings.timeout_seconds, embedder.errors, self._count_store_error)
         return SemanticCache(embedder, index, index_guard, embed_guard)
 
     def _count_store_error(self, store: str, kind: str) -> None:
@@ -260,10 +260,12 @@ class Gateway:
 
     def on_discovery(self, replicas: dict[str, list[str]]) -> None:
         self.fleet.update(replicas)
-        self._tasks.append(asyncio.create_task(self.check_replicas()))  # learn new replicas' models now
+        refresh = asyncio.create_task(self.check_replicas())  # learn new replicas' models now
+        self._refreshes.add(refresh)
+        refresh.add_done_callback(self._refreshes.discard)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._refreshes):
             task.cancel()
         await self.http.close()
         if self.redis:

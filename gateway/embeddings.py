@@ -13,6 +13,7 @@ import numpy as np
 
 class Embedder(Protocol):
     name: str
+    errors: tuple[type[BaseException], ...]  # what a failing embedder raises (the guard counts them)
 
     async def embed(self, texts: list[str]) -> np.ndarray: ...
 
@@ -22,6 +23,7 @@ class LocalEmbedder:
     on one CPU core. It runs on one worker thread so the event loop keeps serving while it computes."""
 
     name = "all-MiniLM-L6-v2"
+    errors = (RuntimeError, ValueError)  # torch's and the tokenizer's
     max_tokens = 256  # what the model was trained on; longer turns are truncated
 
     def __init__(self) -> None:
@@ -53,6 +55,8 @@ class LocalEmbedder:
 
 class RemoteEmbedder:
     """An OpenAI-compatible embeddings endpoint (vLLM, TEI, OpenAI, ...)."""
+
+    errors = (aiohttp.ClientError, ValueError, KeyError)
 
     def __init__(self, url: str, model: str, api_key: str | None = None) -> None:
         self.url = url.rstrip("/") + "/v1/embeddings"

@@ -241,7 +241,8 @@ def bypassed(text: str, policy: CachePolicy) -> bool:
 
 def serves(cached: str, incoming: str, similarity: float, policy: CachePolicy) -> bool:
     """Whether the entry stored for prompt ``cached`` may answer ``incoming`` (both already in one scope)."""
-    needed = policy.semantic_threshold if _same_content(cached, incoming) else policy.semantic_reworded_threshold
+    same_content = Counter(_stems(_words(cached))) == Counter(_stems(_words(incoming)))  # a surface change only
+    needed = policy.semantic_threshold if same_content else policy.semantic_reworded_threshold
     return (
         similarity >= needed
         and not bypassed(incoming, policy)
@@ -265,21 +266,19 @@ def difference(cached: str, incoming: str) -> str | None:
     if "who" in a and "who" in b and _asks_whom(a) != _asks_whom(b):
         return "roles"  # who taught Aristotle / who did Aristotle teach
     content_a, content_b = _content(a), _content(b)
-    stems_a, stems_b = [_stem(w) for w in content_a], [_stem(w) for w in content_b]
+    stems_a, stems_b = _stems(a), _stems(b)
     if Counter(stems_a) == Counter(stems_b):
         if only_a.keys() & PREPOSITIONS and only_b.keys() & PREPOSITIONS:
             return "relation"  # the same words, one relation swapped: laughed with me / laughed at me
-        words_moved = content_a != content_b and Counter(content_a) == Counter(
-            content_b
-        )  # HTTP to HTTPS / HTTPS to HTTP
-        if words_moved or stems_a != stems_b:  # who killed Goliath / who did Goliath kill
+        # HTTP to HTTPS / HTTPS to HTTP; who killed Goliath / who did Goliath kill
+        words_moved = content_a != content_b and Counter(content_a) == Counter(content_b)
+        if words_moved or stems_a != stems_b:
             return "word order"
     return None
 
 
-def _same_content(cached: str, incoming: str) -> bool:
-    """Only case, punctuation, filler or inflection differ."""
-    return Counter(map(_stem, _content(_words(cached)))) == Counter(map(_stem, _content(_words(incoming))))
+def _stems(words: list[str]) -> list[str]:
+    return [_stem(w) for w in _content(words)]
 
 
 def _words(text: str) -> list[str]:

@@ -31,19 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     serve_args = [a for a in args.serve_args if a != "--"]
     runtime = f"http://127.0.0.1:{args.runtime_port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokenyard.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.runtime_port),
-            *serve_args,
-        ]
-    )
+    process = subprocess.Popen(serve_command(args.runtime_port, *serve_args))
     try:
         _wait_healthy(runtime, process, args.startup_timeout)
         config = GatewayConfig(upstreams=[runtime], local_cache=True)
@@ -57,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
         process.terminate()
         process.wait(timeout=60)
     return 0
+
+
+def serve_command(port: int, *flags: str) -> list[str]:
+    """``tokenyard serve`` on localhost, run by this interpreter."""
+    return [sys.executable, "-m", "tokenyard.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

@@ -6,11 +6,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from tokenyard.up import serve_command
 
 
 def free_port() -> int:
@@ -39,21 +40,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "tokenyard.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--max-model-len",
-            "2048",
-            "--kv-cache-memory-bytes",
-            str(256 << 20),
-            *flags,
-        ]
+        command = serve_command(self.port, "--max-model-len", "2048", "--kv-cache-memory-bytes", str(256 << 20), *flags)
         self.process = subprocess.Popen(
             command,
             stdout=log.open("w"),
