@@ -122,7 +122,10 @@ def _speculative_config(spec: LLMDeploymentSpec) -> dict[str, Any]:
     """vLLM's --speculative-config shape."""
     speculative = spec.runtime.speculative
     assert speculative is not None
-    config: dict[str, Any] = {"method": speculative.method, "num_speculative_tokens": speculative.num_speculative_tokens}
+    config: dict[str, Any] = {
+        "method": speculative.method,
+        "num_speculative_tokens": speculative.num_speculative_tokens,
+    }
     for key, value in (
         ("model", speculative.draft_model),
         ("prompt_lookup_min", speculative.prompt_lookup_min),
@@ -384,7 +387,9 @@ def scaled_object(llmd: dict[str, Any], resource: LLMDeployment, prometheus_url:
     assert autoscaling is not None
     metric, target = _autoscaling_target(resource)
     meta = llmd["metadata"]
-    selector_ = f'namespace="{meta["namespace"]}",{LABEL_DEPLOYMENT.replace(".", "_").replace("/", "_")}="{meta["name"]}"'
+    selector_ = (
+        f'namespace="{meta["namespace"]}",{LABEL_DEPLOYMENT.replace(".", "_").replace("/", "_")}="{meta["name"]}"'
+    )
     return {
         "apiVersion": SCALED_OBJECT.api_version,
         "kind": SCALED_OBJECT.kind,

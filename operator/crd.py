@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from tokenyard.operator.resource import (
     API_VERSION,
     GROUP,
@@ -56,7 +55,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return out | {k: node[k] for k in ("description", "default") if k in node}
     if branches:  # Optional[X]: absent means None, so only X is described
         merged = structural(branches[0], defs) if len(branches) == 1 else {"x-kubernetes-int-or-string": True}
-        return _readable_order(merged | {k: v for k, v in structural({**node, "anyOf": []}, defs).items() if k != "type"})
+        return _readable_order(
+            merged | {k: v for k, v in structural({**node, "anyOf": []}, defs).items() if k != "type"}
+        )
     out: dict[str, Any] = {k: v for k, v in node.items() if k in KEPT and v is not None}
     if "const" in node:
         out["enum"] = [node["const"]]

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-
 from tokenyard.operator.children import LABEL_DEPLOYMENT, MANAGED_BY
 from tokenyard.operator.config import OperatorConfig
 from tokenyard.operator.kube import KubernetesClient, api_error_message, is_transient
@@ -71,7 +70,9 @@ def build_registry(config: OperatorConfig, api: KubernetesClient) -> kopf.Operat
                     raise
                 detail = api_error_message(error) if hasattr(error, "status") else repr(error)
                 delay = backoff(retry)
-                log.warning("API error reconciling %s (retry %d in %.1fs): %s", body["metadata"]["name"], retry, delay, detail)
+                log.warning(
+                    "API error reconciling %s (retry %d in %.1fs): %s", body["metadata"]["name"], retry, delay, detail
+                )
                 raise kopf.TemporaryError(f"API error, retrying: {detail}", delay=delay) from None
 
         return wrapped
@@ -84,7 +85,12 @@ def build_registry(config: OperatorConfig, api: KubernetesClient) -> kopf.Operat
         reconciler.apply(dict(body))
         reconciler.publish_status(dict(body))
 
-    @kopf.timer(*resource, registry=registry, interval=config.drift_interval_seconds, initial_delay=config.drift_interval_seconds)
+    @kopf.timer(
+        *resource,
+        registry=registry,
+        interval=config.drift_interval_seconds,
+        initial_delay=config.drift_interval_seconds,
+    )
     @retrying
     def repair_drift(body: kopf.Body, **_: Any) -> None:
         changes = reconciler.apply(dict(body))

@@ -11,7 +11,6 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-
 from tokenyard.operator.children import Kind, kind_of
 
 FIELD_MANAGER = "tokenyard-operator"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-
 from tokenyard.operator import children
 from tokenyard.operator.children import CHILD_KINDS, DEPLOYMENT, LABEL_DEPLOYMENT, Kind, kind_of
 from tokenyard.operator.config import OperatorConfig

@@ -128,7 +128,7 @@ class ResourcesSpec(Spec):
     gpus: int = Field(default=1, ge=0, le=64, description="nvidia.com/gpu per replica; 0 runs on CPU")
     gpu_type: str | None = Field(
         default=None,
-        description="the GPU product to schedule on (the nvidia.com/gpu.product node label, e.g. NVIDIA-H100-80GB-HBM3)",
+        description="the GPU product to schedule on: the nvidia.com/gpu.product node label (NVIDIA-H100-80GB-HBM3)",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request per replica")
     memory: Quantity | None = Field(default=None, description="memory request and limit per replica")
@@ -153,7 +153,9 @@ class AutoscalingSpec(Spec):
     min_replicas: int = Field(default=1, ge=1, description="fewest replicas")
     max_replicas: int = Field(ge=1, description="most replicas")
     target_queue_depth: int | None = Field(
-        default=None, ge=1, description="waiting requests per replica to scale at (vllm:num_requests_waiting; default 5)"
+        default=None,
+        ge=1,
+        description="waiting requests per replica to scale at (vllm:num_requests_waiting; default 5)",
     )
     target_kv_cache_usage: float | None = Field(
         default=None, gt=0, le=1, description="KV cache usage per replica to scale at (vllm:kv_cache_usage_perc)"

@@ -95,9 +95,8 @@ def _progressing(deployment: dict[str, Any] | None, desired_revision: str, wante
     total, available = status.get("replicas", 0), status.get("availableReplicas", 0)
     wanted = spec.get("replicas", wanted)
     if updated < wanted or total > updated or available < wanted:
-        message = (
-            f"revision {desired_revision}: {updated}/{wanted} replicas updated, {ready} ready"
-            + (f", {total - updated} old replicas still running" if total > updated else "")
+        message = f"revision {desired_revision}: {updated}/{wanted} replicas updated, {ready} ready" + (
+            f", {total - updated} old replicas still running" if total > updated else ""
         )
         return Verdict(True, "RollingOut", message), False
     return Verdict(False, "RolloutComplete", f"revision {desired_revision} runs on {updated} replicas"), True
@@ -136,7 +135,9 @@ def _pod_problem(pod: dict[str, Any]) -> Verdict | None:
     for condition in status.get("conditions", []):
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             message = condition.get("message") or "the scheduler cannot place it"
-            return Verdict(True, condition.get("reason") or "Unschedulable", f"pod {name} (revision {revision}): {message}")
+            return Verdict(
+                True, condition.get("reason") or "Unschedulable", f"pod {name} (revision {revision}): {message}"
+            )
     for container in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_WAITING_REASONS:
