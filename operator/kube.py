@@ -53,17 +53,19 @@ class KubernetesClient:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        return self.api.call_api(
-            path,
+        request = self.api.param_serialize(
             method,
+            path,
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
-            response_type="object",
             auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _request_timeout=30,
         )
+        response = self.api.call_api(*request, _request_timeout=30)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
 
     @staticmethod
     def path(kind: Kind, namespace: str, name: str | None = None, subresource: str | None = None) -> str:

@@ -60,7 +60,7 @@ def observe(
     elif deployment is not None and wanted == 0 and rolled_out:
         phase = "ScaledToZero"
     else:
-        phase = "Progressing" if deployment is not None else "Pending"
+        phase = "Progressing"
 
     conditions = [
         _condition(previous, "Ready", ready, generation, now),
