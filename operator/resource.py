@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tokenyard.dev"
@@ -44,7 +44,7 @@ class SecretKeyRef(Spec):
 
 class ModelSpec(Spec):
     uri: str = Field(
-        pattern=MODEL_URI_PATTERN,
+        json_schema_extra={"pattern": MODEL_URI_PATTERN},  # the API server's check; `_uri_form` is ours, in words
         description="where the weights come from: hf://org/name[@revision] (downloaded into the pod before the "
         "server starts), pvc://claim/path (a PersistentVolumeClaim mounted read-only), or a path or hub id "
         "inside the runtime image",
@@ -57,6 +57,13 @@ class ModelSpec(Spec):
     token_secret: SecretKeyRef | None = Field(
         default=None, description="a Secret with a Hugging Face token, for gated or private hf:// models"
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_form(cls, uri: str) -> str:
+        if not re.match(MODEL_URI_PATTERN, uri):
+            raise ValueError("must be hf://org/name[@revision], pvc://claim[/path], or a path inside the runtime image")
+        return uri
 
     @property
     def source(self) -> Literal["hf", "pvc", "image"]:
@@ -293,5 +300,7 @@ def readable_errors(error: Exception) -> str:
     for item in error.errors():  # type: ignore[attr-defined]
         path = ".".join(str(part) for part in item["loc"])
         message = re.sub(r"^Value error, ", "", item["msg"])
+        if isinstance(item.get("input"), (str, int, float, bool)):
+            message += f" (got {item['input']!r})"
         lines.append(f"{path}: {message}" if path else message)
     return "; ".join(lines)
