@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     api = KubernetesClient.from_environment(args.kubeconfig)
     registry = build_registry(config, api)
     kopf_settings = settings(config)
+    kopf_settings.peering.mandatory = not args.standalone  # a missing peering object must not mean two leaders
     clusterwide = not args.namespace
 
     @kopf.on.login(registry=registry)

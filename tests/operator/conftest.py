@@ -72,11 +72,30 @@ class ApiServer(kmock.KubernetesEmulator):
                     fault.remaining -= 1
                     error = KubernetesError(status=fault.status, reason="Injected", message="injected by the test")
                     return await self._render_error(error)
+            if self._stale(request):
+                # A JSON-patch whose `test` of resourceVersion fails is a 422 on a real API server (kmock: 500);
+                # kopf relies on it to retry its finalizer and annotation patches on the next event.
+                error = KubernetesError(status=422, reason="Invalid", message="the test operation failed")
+                return await self._render_error(error)
             self._stamp(request)
         return await super()._handle(request)
 
+    def _stale(self, request: kmock.Request) -> bool:
+        if request.action != kmock.action.UPDATE or not isinstance(request.data, list):
+            return False
+        key = (request.resource, request.namespace, request.name)
+        current = self.objects[key].get("metadata", {}).get("resourceVersion") if key in self.objects else None
+        return any(
+            op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" and op.get("value") != current
+            for op in request.data
+        )
+
     def _stamp(self, request: kmock.Request) -> None:
         """What the API server writes itself: identity on create; resourceVersion and generation on change."""
+        if isinstance(request.data, list):  # a JSON-patch: strip the tests, which _stale has checked
+            request.data[:] = [op for op in request.data if op.get("op") != "test"]
+            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))})
+            return
         data = request.data if isinstance(request.data, dict) else None
         if data is None:
             return
