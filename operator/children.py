@@ -227,7 +227,9 @@ def _image(spec: LLMDeploymentSpec, config: OperatorConfig) -> str:
 
 def _download_container(spec: LLMDeploymentSpec, image: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     """Fetches an hf:// model into the pod's models volume before the server starts (the server never downloads)."""
-    args = ["download", spec.model.hub_id]
+    # Weights in safetensors only: repos also carry ONNX exports, pickled copies and originals several times over.
+    skipped = ["onnx/*", "*.onnx", "*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "original/*"]
+    args = ["download", spec.model.hub_id, *[part for pattern in skipped for part in ("--exclude", pattern)]]
     if "@" in spec.model.uri:
         args += ["--revision", spec.model.uri.rsplit("@", 1)[1]]
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": HF_HOME}]
