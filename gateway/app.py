@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 from tokenyard.gateway.caching import CachePlan, Hit, ResponseCache, SemanticCache
-from tokenyard.gateway.config import CachePolicy, GatewayConfig
+from tokenyard.gateway.config import CachePolicy, GatewayConfig, deployment_policy
 from tokenyard.gateway.discovery import KubernetesAPI, watch_deployments
 from tokenyard.gateway.embeddings import LocalEmbedder, RemoteEmbedder
 from tokenyard.gateway.fleet import STATIC, Fleet
@@ -103,7 +103,7 @@ class Gateway:
                     "rate_limit_error",
                     headers={"Retry-After": str(retry_after)},
                 )
-        policy = self.config.policy(model, endpoint)
+        policy = deployment_policy(self.config.policy(model, endpoint), self.fleet.labels_for(model))
         plan = self.cache.plan(request.headers.get("cache-control", ""), body, endpoint, tenant_name, model, policy)
         hit = await self.cache.lookup(plan, tenant_name)
         if hit is not None:
@@ -223,7 +223,8 @@ class Gateway:
         self._tasks = [asyncio.create_task(self.check_health(HEALTH_INTERVAL_SECONDS))]
         if self.config.discovery == "kubernetes":
             api = KubernetesAPI.from_environment()
-            self._tasks.append(asyncio.create_task(watch_deployments(api, self.config.namespaces, self.on_discovery)))
+            watch = watch_deployments(api, self.config.namespaces, self.on_discovery, on_labels=self.on_labels)
+            self._tasks.append(asyncio.create_task(watch))
         if self.cache.semantic:
             await self.cache.semantic.index.open()
             self._tasks.append(asyncio.create_task(self.expire_semantic_entries(EXPIRY_INTERVAL_SECONDS)))
@@ -257,6 +258,9 @@ class Gateway:
             else:
                 replica.eject()
             self.metrics.upstream_healthy.labels(replica.url).set(1 if replica.healthy else 0)
+
+    def on_labels(self, labels: dict[str, dict[str, str]]) -> None:
+        self.fleet.labels = labels
 
     def on_discovery(self, replicas: dict[str, list[str]]) -> None:
         self.fleet.update(replicas)

@@ -143,6 +143,36 @@ class GatewayConfig(BaseModel):
         return self.cache
 
 
+# The labels an LLMDeployment's Service carries (the operator writes them; EndpointSlices copy them to us).
+EXACT_LABEL = "tokenyard.dev/exact-cache"
+SEMANTIC_LABEL = "tokenyard.dev/semantic-cache"
+THRESHOLD_LABEL = "tokenyard.dev/semantic-threshold"
+TTL_LABEL = "tokenyard.dev/semantic-ttl-seconds"
+
+
+def deployment_policy(policy: CachePolicy, labels: dict[str, str]) -> CachePolicy:
+    """The policy with what the deployment's own spec asks for (spec.gateway) on top. A label that does not parse
+    is ignored, keeping the gateway's setting: a bad label must not turn caching off or on by accident."""
+    changes: dict[str, Any] = {}
+    for label, field in ((EXACT_LABEL, "exact"), (SEMANTIC_LABEL, "semantic")):
+        if labels.get(label) in ("true", "false"):
+            changes[field] = labels[label] == "true"
+    threshold, ttl = _number(labels.get(THRESHOLD_LABEL), float), _number(labels.get(TTL_LABEL), int)
+    if threshold is not None and 0 < threshold <= 1:
+        changes["semantic_threshold"] = threshold
+        changes["semantic_reworded_threshold"] = max(policy.semantic_reworded_threshold, threshold)
+    if ttl is not None and ttl >= 1:
+        changes["semantic_ttl_seconds"] = ttl
+    return policy.model_copy(update=changes) if changes else policy
+
+
+def _number(text: str | None, kind: type[int] | type[float]) -> int | float | None:
+    try:
+        return kind(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 

@@ -26,6 +26,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 WATCH_SECONDS = 290  # the server ends a watch by then, so a silently dead connection is noticed soon after
 Replicas = dict[str, list[str]]  # "<namespace>/<deployment>" -> sorted replica base URLs
+Labels = dict[str, dict[str, str]]  # "<namespace>/<deployment>" -> its tokenyard.dev/* labels (the cache policy)
 
 
 class KubernetesConfigError(RuntimeError):
@@ -142,21 +143,33 @@ def _replica_urls(endpoint_slice: dict[str, Any], port_name: str, default_port: 
 
 
 class _Slices:
-    """What every watched slice contributes, merged into the mapping that on_change gets."""
+    """What every watched slice contributes, merged into the mappings that on_change and on_labels get."""
 
-    def __init__(self, on_change: Callable[[Replicas], None], port_name: str, default_port: int) -> None:
-        self.on_change, self.port_name, self.default_port = on_change, port_name, default_port
-        self.slices: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    def __init__(
+        self,
+        on_change: Callable[[Replicas], None],
+        port_name: str,
+        default_port: int,
+        on_labels: Callable[[Labels], None] | None = None,
+    ) -> None:
+        self.on_change, self.on_labels = on_change, on_labels
+        self.port_name, self.default_port = port_name, default_port
+        self.slices: dict[tuple[str, str], tuple[str, list[str], dict[str, str]]] = {}
         self.published: Replicas | None = None
+        self.published_labels: Labels | None = None
 
     def put(self, obj: dict[str, Any], deleted: bool = False) -> None:
         meta = obj.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        deployment = (meta.get("labels") or {}).get(LABEL)
+        labels = meta.get("labels") or {}
+        deployment = labels.get(LABEL)
         if deleted or deployment is None:  # a slice that lost the label leaves, as a label selector would see it
             self.slices.pop(key, None)
         else:
-            self.slices[key] = (f"{key[0]}/{deployment}", _replica_urls(obj, self.port_name, self.default_port))
+            # The EndpointSlice controller copies the Service's labels: the operator puts the cache policy there.
+            ours = {k: v for k, v in labels.items() if k.startswith("tokenyard.dev/") and k != LABEL}
+            urls = _replica_urls(obj, self.port_name, self.default_port)
+            self.slices[key] = (f"{key[0]}/{deployment}", urls, ours)
 
     def replace(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
         # A fresh list is the whole truth for its scope: slices deleted while we were not watching go too.
@@ -167,16 +180,24 @@ class _Slices:
 
     def publish(self) -> None:
         merged: dict[str, set[str]] = {}
-        for deployment, urls in self.slices.values():
+        labels: Labels = {}
+        for deployment, urls, ours in self.slices.values():
             merged.setdefault(deployment, set()).update(urls)
+            labels.setdefault(deployment, {}).update(ours)
         replicas = {deployment: sorted(urls) for deployment, urls in sorted(merged.items())}
-        if replicas == self.published:
-            return
-        self.published = replicas
-        try:
-            self.on_change({deployment: list(urls) for deployment, urls in replicas.items()})
-        except Exception:  # the caller's bug must not stop discovery
-            log.exception("replica discovery: on_change failed")
+        if self.on_labels is not None and labels != self.published_labels:
+            self.published_labels = labels
+            _call(self.on_labels, labels)
+        if replicas != self.published:
+            self.published = replicas
+            _call(self.on_change, {deployment: list(urls) for deployment, urls in replicas.items()})
+
+
+def _call(callback: Callable[[Any], None], value: Any) -> None:
+    try:
+        callback(value)
+    except Exception:  # the caller's bug must not stop discovery
+        log.exception("replica discovery: %s failed", getattr(callback, "__name__", "a callback"))
 
 
 async def _check(response: aiohttp.ClientResponse) -> None:
@@ -243,12 +264,14 @@ async def watch_deployments(
     *,
     port_name: str = "http",
     default_port: int = 8000,
+    on_labels: Callable[[Labels], None] | None = None,
 ) -> None:
-    """Run until cancelled, calling on_change with the complete mapping after the first list and on every change."""
+    """Run until cancelled, calling on_change with the complete mapping after the first list and on every change
+    (and on_labels with each deployment's tokenyard.dev/* labels when they change)."""
     scopes: list[str | None] = [None] if namespaces is None else list(dict.fromkeys(namespaces))
     if not scopes:
         raise ValueError("namespaces: None for all of them, or a non-empty list")
-    slices = _Slices(on_change, port_name, default_port)
+    slices = _Slices(on_change, port_name, default_port, on_labels)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=WATCH_SECONDS + 30)
     connector = aiohttp.TCPConnector(ssl=api.ssl_context or True)  # True: default verification (unused for http)
     # Each watch event is one JSON line: allow 2 MiB lines (etcd caps an object at 1.5 MiB), not aiohttp's default.

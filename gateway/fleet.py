@@ -16,6 +16,7 @@ class Fleet:
     def __init__(self, static_upstreams: list[str]) -> None:
         self.routers: dict[str, Router] = {STATIC: Router(static_upstreams)} if static_upstreams else {}
         self.served: dict[str, set[str]] = {}  # deployment -> model names its replicas reported
+        self.labels: dict[str, dict[str, str]] = {}  # deployment -> its tokenyard.dev/* labels (cache policy)
 
     def update(self, replicas: dict[str, list[str]]) -> None:
         """Discovery's latest view: deployment ("namespace/name") -> its ready replicas' base URLs."""
@@ -29,13 +30,21 @@ class Fleet:
                 self.routers[deployment] = Router(urls)
 
     def router_for(self, model: str) -> Router | None:
+        deployment = self.deployment_for(model)
+        return None if deployment is None else self.routers[deployment]
+
+    def deployment_for(self, model: str) -> str | None:
         if STATIC in self.routers:
-            return self.routers[STATIC]
+            return STATIC
         for deployment, models in self.served.items():
             if model in models and deployment in self.routers:
-                return self.routers[deployment]
-        named = [r for deployment, r in self.routers.items() if deployment.rsplit("/", 1)[-1] == model]
+                return deployment
+        named = [d for d in self.routers if d.rsplit("/", 1)[-1] == model]
         return named[0] if len(named) == 1 else None
+
+    def labels_for(self, model: str) -> dict[str, str]:
+        deployment = self.deployment_for(model)
+        return self.labels.get(deployment, {}) if deployment else {}
 
     def learn_models(self, deployment: str, models: set[str]) -> None:
         self.served[deployment] = models

@@ -147,6 +147,23 @@ async def test_a_new_slices_ready_endpoints_become_a_deployments_replicas(cluste
 
 
 @pytest.mark.asyncio
+async def test_a_deployments_cache_policy_labels_are_reported_with_it(cluster: Cluster, start) -> None:
+    """The operator labels each Service with its LLMDeployment's cache policy; EndpointSlices carry the copy."""
+    labels: list[dict[str, dict[str, str]]] = []
+    found = start(on_labels=labels.append)
+    smol = endpoint_slice("smol-abc", [endpoint("10.0.0.1")])
+    smol["metadata"]["labels"] |= {"tokenyard.dev/semantic-cache": "true", "tokenyard.dev/semantic-threshold": "0.97"}
+    await cluster.create(smol)
+    await found.until({"default/smol": ["http://10.0.0.1:8000"]})
+    await eventually(lambda: bool(labels) and "default/smol" in labels[-1], lambda: labels)
+    assert labels[-1] == {
+        "default/smol": {"tokenyard.dev/semantic-cache": "true", "tokenyard.dev/semantic-threshold": "0.97"}
+    }
+    await cluster.patch("smol-abc", {"metadata": {"labels": {"tokenyard.dev/semantic-cache": "false"}}})
+    await eventually(lambda: labels[-1]["default/smol"]["tokenyard.dev/semantic-cache"] == "false", lambda: labels)
+
+
+@pytest.mark.asyncio
 async def test_an_endpoint_that_turns_not_ready_or_terminating_leaves(cluster: Cluster, start) -> None:
     endpoints = [endpoint("10.0.0.1", ready=True), endpoint("10.0.0.2", ready=True)]
     await cluster.create(endpoint_slice("smol-abc", endpoints))
