@@ -77,6 +77,11 @@ def owner_reference(llmd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _head(kind: Kind, llmd: dict[str, Any], extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """apiVersion, kind and metadata of a child: its owner's name and namespace, our labels, the owner reference."""
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": _metadata(llmd, extra_labels)}
+
+
 def _metadata(llmd: dict[str, Any], extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     meta = llmd["metadata"]
     return {
@@ -293,9 +298,7 @@ def deployment(llmd: dict[str, Any], resource: LLMDeployment, config: OperatorCo
     if spec.rollout.strategy == "RollingUpdate":
         rollout["rollingUpdate"] = {"maxSurge": spec.rollout.max_surge, "maxUnavailable": spec.rollout.max_unavailable}
     body: dict[str, Any] = {
-        "apiVersion": DEPLOYMENT.api_version,
-        "kind": DEPLOYMENT.kind,
-        "metadata": _metadata(llmd) | {"annotations": {"tokenyard.dev/revision": rev}},
+        **_head(DEPLOYMENT, llmd),
         "spec": {
             "selector": {"matchLabels": selector(name)},
             "strategy": rollout,
@@ -304,6 +307,7 @@ def deployment(llmd: dict[str, Any], resource: LLMDeployment, config: OperatorCo
             "template": template,
         },
     }
+    body["metadata"]["annotations"] = {"tokenyard.dev/revision": rev}
     if spec.autoscaling is None:  # with autoscaling, the HPA or KEDA owns the replica count
         body["spec"]["replicas"] = spec.replicas
     return body
@@ -322,9 +326,7 @@ def service(llmd: dict[str, Any], resource: LLMDeployment) -> dict[str, Any]:
         cache_labels["tokenyard.dev/semantic-threshold"] = str(policy.semantic_cache.threshold)
         cache_labels["tokenyard.dev/semantic-ttl-seconds"] = str(policy.semantic_cache.ttl_seconds)
     return {
-        "apiVersion": SERVICE.api_version,
-        "kind": SERVICE.kind,
-        "metadata": _metadata(llmd, cache_labels),
+        **_head(SERVICE, llmd, cache_labels),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(name),
@@ -336,9 +338,7 @@ def service(llmd: dict[str, Any], resource: LLMDeployment) -> dict[str, Any]:
 def pod_disruption_budget(llmd: dict[str, Any]) -> dict[str, Any]:
     """Node drains take one replica at a time."""
     return {
-        "apiVersion": PDB.api_version,
-        "kind": PDB.kind,
-        "metadata": _metadata(llmd),
+        **_head(PDB, llmd),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(llmd["metadata"]["name"])}},
     }
 
@@ -360,9 +360,7 @@ def horizontal_pod_autoscaler(llmd: dict[str, Any], resource: LLMDeployment) -> 
     metric, target = _autoscaling_target(resource)
     name = llmd["metadata"]["name"]
     return {
-        "apiVersion": HPA.api_version,
-        "kind": HPA.kind,
-        "metadata": _metadata(llmd),
+        **_head(HPA, llmd),
         "spec": {
             "scaleTargetRef": {"apiVersion": DEPLOYMENT.api_version, "kind": DEPLOYMENT.kind, "name": name},
             "minReplicas": autoscaling.min_replicas,
@@ -393,9 +391,7 @@ def scaled_object(llmd: dict[str, Any], resource: LLMDeployment, prometheus_url:
         f'namespace="{meta["namespace"]}",{LABEL_DEPLOYMENT.replace(".", "_").replace("/", "_")}="{meta["name"]}"'
     )
     return {
-        "apiVersion": SCALED_OBJECT.api_version,
-        "kind": SCALED_OBJECT.kind,
-        "metadata": _metadata(llmd),
+        **_head(SCALED_OBJECT, llmd),
         "spec": {
             "scaleTargetRef": {"apiVersion": DEPLOYMENT.api_version, "kind": DEPLOYMENT.kind, "name": meta["name"]},
             "minReplicaCount": autoscaling.min_replicas,
@@ -418,9 +414,7 @@ def scaled_object(llmd: dict[str, Any], resource: LLMDeployment, prometheus_url:
 def service_monitor(llmd: dict[str, Any]) -> dict[str, Any]:
     name = llmd["metadata"]["name"]
     return {
-        "apiVersion": SERVICE_MONITOR.api_version,
-        "kind": SERVICE_MONITOR.kind,
-        "metadata": _metadata(llmd),
+        **_head(SERVICE_MONITOR, llmd),
         "spec": {
             "selector": {"matchLabels": selector(name)},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],

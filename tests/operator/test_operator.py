@@ -157,9 +157,13 @@ async def test_status_is_progressing_until_the_replicas_are_ready_then_ready(clu
     assert status.get("currentRevision") is None and status["updateRevision"]  # nothing has rolled out yet
 
     await cluster.rollout(CLASSIFIER, ready=1)  # one of two replicas ready: still not Ready
-    await asyncio.sleep(3 * TEST_CONFIG.status_interval_seconds)
-    llmd = await cluster.get("llmdeployments", CLASSIFIER)
-    assert condition(llmd, "Ready")["status"] == "False" and llmd["status"]["readyReplicas"] == 1
+
+    async def one_ready() -> dict | None:
+        llmd = await cluster.get("llmdeployments", CLASSIFIER)
+        return llmd if llmd["status"]["readyReplicas"] == 1 else None
+
+    llmd = await eventually(one_ready)
+    assert condition(llmd, "Ready")["status"] == "False" and llmd["status"]["phase"] == "Progressing"
 
     await cluster.rollout(CLASSIFIER)
     llmd = await until_condition(cluster, CLASSIFIER, "Ready", "True")
@@ -256,7 +260,7 @@ async def test_a_deleted_or_edited_child_is_put_back(cluster: Cluster, start_ope
     original = await eventually(lambda: cluster.get("deployments", CLASSIFIER))
 
     await cluster.delete("deployments", CLASSIFIER)
-    drift = 3 * TEST_CONFIG.drift_interval_seconds
+    drift = 10 * TEST_CONFIG.drift_interval_seconds  # slack for a loaded machine; the operator's own interval is 1 s
     recreated = await eventually(lambda: cluster.get("deployments", CLASSIFIER), timeout=drift)
     assert recreated["metadata"]["uid"] != original["metadata"]["uid"]
     assert container(recreated)["args"] == container(original)["args"]
@@ -315,11 +319,12 @@ async def test_once_settled_reconciling_again_writes_nothing(
     versions = {p: (await cluster.get(p, LLAMA))["metadata"]["resourceVersion"] for p in CHILDREN}
     seen = len(list(kmock))
 
-    await asyncio.sleep(3 * TEST_CONFIG.drift_interval_seconds)  # three drift repairs and many status refreshes
+    def drift_checks() -> int:  # only a reconcile reads the PodDisruptionBudget
+        since = list(kmock)[seen:]
+        return sum(r.method.name == "GET" and r.resource and r.resource.plural == "poddisruptionbudgets" for r in since)
 
+    await eventually(lambda: asyncio.sleep(0, drift_checks() >= 3), timeout=30)
     since = list(kmock)[seen:]
-    reads = [r for r in since if r.method.name == "GET" and r.resource and r.resource.plural == "deployments"]
-    assert len(reads) >= 3  # the operator did look, on every drift repair
     writes = [f"{r.method.name} {r.url.path}" for r in since if r.method.name in ("POST", "PATCH", "PUT", "DELETE")]
     assert [w for w in writes if "/events" not in w] == []
     assert {p: (await cluster.get(p, LLAMA))["metadata"]["resourceVersion"] for p in CHILDREN} == versions
