@@ -35,10 +35,6 @@ class Kind:
     plural: str
     optional_group: str | None = None  # a CRD-provided kind: only made when discovery shows this group/version
 
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
 
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 SERVICE = Kind("v1", "Service", "services")

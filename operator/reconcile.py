@@ -6,7 +6,6 @@ not patched, so running them twice changes nothing."""
 from __future__ import annotations
 
 import datetime
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,7 @@ from tokenyard.operator.children import CHILD_KINDS, DEPLOYMENT, LABEL_DEPLOYMEN
 from tokenyard.operator.config import OperatorConfig
 from tokenyard.operator.kube import KubernetesClient
 from tokenyard.operator.resource import LLMDeployment, readable_errors
-from tokenyard.operator.status import observe
-
-log = logging.getLogger(__name__)
+from tokenyard.operator.status import failed, observe
 
 LLMD = Kind("tokenyard.dev/v1alpha1", "LLMDeployment", "llmdeployments")
 PODS = Kind("v1", "Pod", "pods")
@@ -70,21 +67,26 @@ class Reconciler:
     def apply(self, llmd: dict[str, Any]) -> list[str]:
         """Creates, repairs or removes children until they match the spec; returns what it changed."""
         resource = parse(llmd)
-        namespace, name = llmd["metadata"]["namespace"], llmd["metadata"]["name"]
-        installed = {k.optional_group for k in CHILD_KINDS if k.optional_group and self.api.serves(k.optional_group)}
+        served = self._served_kinds()
+        installed = {k.optional_group for k in served if k.optional_group}
         desired = children.desired_children(llmd, resource, self.config, installed)
         changes = [change for manifest in desired if (change := self._apply_child(llmd, manifest))]
         wanted = {kind_of(m) for m in desired}
-        for kind in CHILD_KINDS:
-            if kind in wanted or (kind.optional_group and kind.optional_group not in installed):
-                continue
-            live = self.api.get(kind, namespace, name)
-            if live is not None and owned_by(live, llmd):
-                self.api.delete(kind, namespace, name)
-                changes.append(f"deleted {kind.kind}/{name} (no longer in the spec)")
+        for kind in served - wanted:
+            if self._delete_if_owned(kind, llmd):
+                changes.append(f"deleted {kind.kind}/{llmd['metadata']['name']} (no longer in the spec)")
         for change in changes:
             self.events(llmd, "Reconciled", change, False)
         return changes
+
+    def _served_kinds(self) -> set[Kind]:
+        """The child kinds this cluster serves: the built-in ones, and those whose CRD is installed."""
+        return {k for k in CHILD_KINDS if not k.optional_group or self.api.serves(k.optional_group)}
+
+    def _delete_if_owned(self, kind: Kind, llmd: dict[str, Any]) -> bool:
+        namespace, name = llmd["metadata"]["namespace"], llmd["metadata"]["name"]
+        live = self.api.get(kind, namespace, name)
+        return live is not None and owned_by(live, llmd) and self.api.delete(kind, namespace, name)
 
     def _apply_child(self, llmd: dict[str, Any], manifest: dict[str, Any]) -> str | None:
         kind, meta = kind_of(manifest), manifest["metadata"]
@@ -111,7 +113,7 @@ class Reconciler:
         try:
             resource = parse(fresh)
         except InvalidSpec as error:
-            return self._publish(fresh, self._invalid_status(fresh, str(error)))
+            return self._publish(fresh, failed(fresh, "InvalidSpec", str(error), now()))
         manifest = children.deployment(fresh, resource, self.config)
         deployment = self.api.get(DEPLOYMENT, namespace, name)
         if deployment is not None and not owned_by(deployment, fresh):
@@ -132,33 +134,7 @@ class Reconciler:
         """Reports a reconcile that cannot succeed as it stands (an invalid spec, a name taken by someone else)."""
         fresh = self.api.get(LLMD, llmd["metadata"]["namespace"], llmd["metadata"]["name"])
         if fresh is not None:
-            self._publish(fresh, self._invalid_status(fresh, message, reason))
-
-    def _invalid_status(self, llmd: dict[str, Any], message: str, reason: str = "InvalidSpec") -> dict[str, Any]:
-        status = dict(llmd.get("status") or {})
-        generation = llmd["metadata"].get("generation")
-        stamp = now()
-        status.update(phase="Degraded", observedGeneration=generation)
-        previous = {c["type"]: c for c in status.get("conditions", [])}
-
-        def condition(type_: str, value: str, why: str, text: str) -> dict[str, Any]:
-            before = previous.get(type_)
-            since = before["lastTransitionTime"] if before and before["status"] == value else stamp
-            return {
-                "type": type_,
-                "status": value,
-                "reason": why,
-                "message": text,
-                "lastTransitionTime": since,
-                "observedGeneration": generation,
-            }
-
-        status["conditions"] = [
-            condition("Ready", "False", reason, message),
-            condition("Progressing", "False", reason, "waiting for the spec to be fixed"),
-            condition("Degraded", "True", reason, message),
-        ]
-        return status
+            self._publish(fresh, failed(fresh, reason, message, now()))
 
     def _publish(self, llmd: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
         before = llmd.get("status") or {}
@@ -175,12 +151,5 @@ class Reconciler:
 
     def delete_children(self, llmd: dict[str, Any]) -> list[str]:
         """Removes every child now rather than leaving it to the garbage collector, so deletion is observable."""
-        namespace, name = llmd["metadata"]["namespace"], llmd["metadata"]["name"]
-        deleted = []
-        for kind in CHILD_KINDS:
-            if kind.optional_group and not self.api.serves(kind.optional_group):
-                continue
-            live = self.api.get(kind, namespace, name)
-            if live is not None and owned_by(live, llmd) and self.api.delete(kind, namespace, name):
-                deleted.append(f"{kind.kind}/{name}")
-        return deleted
+        name = llmd["metadata"]["name"]
+        return [f"{kind.kind}/{name}" for kind in self._served_kinds() if self._delete_if_owned(kind, llmd)]

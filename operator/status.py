@@ -82,6 +82,20 @@ def observe(
     }
 
 
+def failed(llmd: dict[str, Any], reason: str, message: str, now: str) -> dict[str, Any]:
+    """The status of a resource that cannot be reconciled as it stands (an invalid spec, a child's name taken):
+    the rest of the status stays as it was, since nothing was changed."""
+    previous = LLMDeploymentStatus.model_validate(llmd.get("status") or {})
+    generation = llmd["metadata"].get("generation")
+    verdicts = {
+        "Ready": Verdict(False, reason, message),
+        "Progressing": Verdict(False, reason, "waiting for the spec to change"),
+        "Degraded": Verdict(True, reason, message),
+    }
+    conditions = [_condition(previous, type_, verdict, generation, now) for type_, verdict in verdicts.items()]
+    return {"phase": "Degraded", "observedGeneration": generation, "conditions": conditions}
+
+
 def _progressing(deployment: dict[str, Any] | None, desired_revision: str, wanted: int) -> tuple[Verdict, bool]:
     """(the Progressing verdict, whether the desired revision is fully rolled out)."""
     if deployment is None:
@@ -141,13 +155,12 @@ def _pod_problem(pod: dict[str, Any]) -> Verdict | None:
     for container in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_WAITING_REASONS:
-            last = ((container.get("lastState") or {}).get("terminated")) or {}
-            detail = f"; last exit: {last.get('reason', 'Error')} (code {last.get('exitCode')})" if last else ""
-            message = (
-                f"pod {name} (revision {revision}) container {container.get('name')}: {waiting.get('message', '')}"
-                f" restarts {container.get('restartCount', 0)}{detail}"
-            )
-            return Verdict(True, waiting["reason"], message.replace(":  restarts", ": restarts"))
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            details = [waiting.get("message"), f"restarts {container.get('restartCount', 0)}"]
+            if last:
+                details.append(f"last exit: {last.get('reason', 'Error')} (code {last.get('exitCode')})")
+            where = f"pod {name} (revision {revision}) container {container.get('name')}"
+            return Verdict(True, waiting["reason"], f"{where}: " + "; ".join(d for d in details if d))
     return None
 
 

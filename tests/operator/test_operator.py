@@ -280,7 +280,7 @@ async def test_deleting_the_llmdeployment_removes_its_children_and_releases_the_
 ) -> None:
     await start_operator()
     await cluster.apply_example("llama-8b-tp2.yaml")
-    llmd = await eventually(lambda: cluster.get("horizontalpodautoscalers", LLAMA))
+    await eventually(lambda: cluster.get("horizontalpodautoscalers", LLAMA))
     llmd = await cluster.get("llmdeployments", LLAMA)
     assert "tokenyard.dev/finalizer" in llmd["metadata"]["finalizers"]
 
