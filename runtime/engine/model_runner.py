@@ -99,13 +99,17 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[Sampled]:
         """Run one step. ``rows`` describe the sequences that finish their input this step, in batch
         order; they get one sampled token each."""
-        inputs = self._prepare(batch)
+        logits = self.run_model(self._prepare(batch))
+        return sample(logits, rows) if logits is not None else []
+
+    @torch.inference_mode()
+    def run_model(self, inputs: StepInputs) -> torch.Tensor | None:
+        """The forward pass for prepared inputs: logits (float32) of the ``sample_index`` rows, or None."""
         self.backend.prepare(inputs.meta, self.device)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
         if not inputs.sample_index:
-            return []
-        logits = self.model.compute_logits(hidden[torch.tensor(inputs.sample_index, device=self.device)])
-        return sample(logits, rows)
+            return None
+        return self.model.compute_logits(hidden[torch.tensor(inputs.sample_index, device=self.device)])
 
     def _prepare(self, batch: ScheduledBatch) -> StepInputs:
         input_ids: list[int] = []
