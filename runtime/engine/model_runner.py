@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from tokenyard.runtime.engine.memory import available_host_memory
 from tokenyard.runtime.engine.scheduler import ScheduledBatch
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
@@ -63,8 +63,7 @@ class ModelRunner:
             free, total = torch.cuda.mem_get_info(self.device)
             activations = self._profile_activation_bytes()
             return max(int(total * self.config.gpu_memory_utilization) - (total - free) - activations, 0)
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        return min(DEFAULT_CPU_KV_CACHE_BYTES, available // 4)
+        return min(DEFAULT_CPU_KV_CACHE_BYTES, available_host_memory() // 4)
 
     def _profile_activation_bytes(self) -> int:
         """Peak memory of the largest step (a full token budget of prefill), measured on the device."""
