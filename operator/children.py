@@ -99,6 +99,7 @@ def serve_args(spec: LLMDeploymentSpec) -> list[str]:
         args += ["--dtype", runtime.dtype]
     for flag, value in (
         ("--quantization", runtime.quantization),
+        ("--quantization-group-size", runtime.quantization_group_size),
         ("--max-model-len", runtime.max_model_len),
         ("--max-num-seqs", runtime.max_num_seqs),
         ("--max-num-batched-tokens", runtime.max_num_batched_tokens),

@@ -107,10 +107,26 @@ class SpeculativeSpec(Spec):
 
 
 class RuntimeSpec(Spec):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.quantizationGroupSize) || (has(self.quantization) && self.quantization == 'int4')",
+                    "runtime.quantizationGroupSize applies to quantization int4 only",
+                    ".quantizationGroupSize",
+                )
+            ]
+        }
+    )
+
     image: str | None = Field(default=None, description="runtime image (default: the operator's, CPU or CUDA)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="weights dtype")
-    quantization: Literal["int8", "int4", "gptq", "awq"] | None = Field(
-        default=None, description="weight quantization (vLLM's names)"
+    quantization: Literal["int8", "int4", "gptq", "awq", "gguf"] | None = Field(
+        default=None,
+        description="weight quantization: int8/int4 from float weights at load, gptq/awq checkpoints, gguf kept packed",
+    )
+    quantization_group_size: Literal[32, 64, 128] | None = Field(
+        default=None, description="int4: input columns sharing one scale (default 128)"
     )
     max_model_len: int | None = Field(default=None, ge=16, description="longest sequence, prompt + output")
     max_num_seqs: int | None = Field(default=None, ge=1, description="sequences decoded together")
@@ -129,6 +145,12 @@ class RuntimeSpec(Spec):
     )
     extra_args: list[str] = Field(default_factory=list, description="more `tokenyard serve` flags, appended as-is")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of the server")
+
+    @model_validator(mode="after")
+    def _group_size_for_int4(self) -> RuntimeSpec:
+        if self.quantization_group_size is not None and self.quantization != "int4":
+            raise ValueError("runtime.quantizationGroupSize applies to quantization int4 only")
+        return self
 
 
 class ResourcesSpec(Spec):

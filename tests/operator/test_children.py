@@ -104,3 +104,27 @@ def test_the_operator_does_not_import_torch() -> None:
     code = "import sys, tokenyard.operator.handlers, tokenyard.operator.cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_runtime_flags_are_ones_tokenyard_serve_accepts() -> None:
+    import argparse
+
+    from tokenyard.runtime import cli_serve
+    from tokenyard.runtime.engine_args import engine_config_from_args
+
+    quantized = body(
+        runtime={
+            "quantization": "int4",
+            "quantizationGroupSize": 32,
+            "kvCacheDtype": "int8",
+            "speculative": {"method": "ngram", "numSpeculativeTokens": 3, "promptLookupMax": 4},
+        }
+    )
+    parser = argparse.ArgumentParser()
+    cli_serve.add_arguments(parser)
+    for resource in [*VARIANTS.values(), quantized]:
+        config = engine_config_from_args(parser.parse_args(runtime_container(resource)["args"]))
+        assert config.model
+    config = engine_config_from_args(parser.parse_args(runtime_container(quantized)["args"]))
+    assert (config.quantization, config.quantization_group_size, config.kv_cache_dtype) == ("int4", 32, "int8")
+    assert config.speculative_config == {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}

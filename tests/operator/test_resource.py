@@ -167,6 +167,14 @@ INVALID = {
         invalid({"runtime": {"speculative": {"method": "draft_model"}}}),
         "draft_model needs speculative.draftModel",
     ),
+    "a group size without int4": (
+        invalid({"runtime": {"quantization": "int8", "quantizationGroupSize": 32}}),
+        "quantizationGroupSize applies to quantization int4 only",
+    ),
+    "an int4 group size the kernels lack": (
+        invalid({"runtime": {"quantization": "int4", "quantizationGroupSize": 48}}),
+        "quantizationGroupSize",
+    ),
     "a GPU type without GPUs": (
         invalid({"resources": {"gpus": 0, "gpuType": "NVIDIA-H100-80GB-HBM3"}}),
         "gpuType needs resources.gpus > 0",
