@@ -27,6 +27,7 @@ class EngineConfig:
     kv_cache_memory_bytes: int | None = None  # None: GPU from gpu_memory_utilization, CPU a default
     kv_cache_dtype: str = "auto"
     quantization: str | None = None
+    quantization_group_size: int = 128  # int4: input columns sharing one scale and zero
     tensor_parallel_size: int = 1
     speculative_config: dict[str, Any] | None = None
     enforce_eager: bool = False
@@ -48,19 +49,32 @@ class EngineConfig:
             require(self.max_model_len >= 2, "max_model_len", self.max_model_len, ">= 2")
         if self.kv_cache_memory_bytes is not None:
             require(self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", self.kv_cache_memory_bytes, "> 0")
-        # Features with their own issues: refuse clearly rather than ignore.
-        _not_yet(self.quantization is None, "quantization", self.quantization)
-        _not_yet(self.kv_cache_dtype == "auto", "kv_cache_dtype", self.kv_cache_dtype)
-        _not_yet(self.tensor_parallel_size == 1, "tensor_parallel_size", self.tensor_parallel_size)
-        _not_yet(self.speculative_config is None, "speculative_config", self.speculative_config)
+        from tokenyard.runtime.quantization.config import (  # it imports ``require`` from here
+            KV_CACHE_DTYPES,
+            QUANTIZATION_GROUP_SIZES,
+            QUANTIZATION_METHODS,
+        )
+
+        methods = ", ".join(QUANTIZATION_METHODS)
+        require(self.quantization in (None, *QUANTIZATION_METHODS), "quantization", self.quantization, methods)
+        require(
+            self.quantization_group_size in QUANTIZATION_GROUP_SIZES,
+            "quantization_group_size",
+            self.quantization_group_size,
+            f"one of {', '.join(map(str, QUANTIZATION_GROUP_SIZES))}",
+        )
+        kv_dtypes = ", ".join(KV_CACHE_DTYPES)
+        require(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype", self.kv_cache_dtype, kv_dtypes)
+        require(self.tensor_parallel_size >= 1, "tensor_parallel_size", self.tensor_parallel_size, ">= 1")
+        if self.tensor_parallel_size > 1:  # rank r runs on cuda:r: the device names no GPU of its own
+            require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "auto, cpu or cuda under TP")
+        if self.speculative_config is not None:
+            from tokenyard.runtime.spec_decode.config import SpeculativeConfig  # it imports ``require`` from here
+
+            SpeculativeConfig.from_dict(self.speculative_config)
 
 
 def require(ok: bool, name: str, value: object, allowed: str) -> None:
     """Raise the engine's one shape of validation error: the field, its value, what is allowed."""
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
-
-
-def _not_yet(ok: bool, name: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not supported yet by tokenyard's runtime")

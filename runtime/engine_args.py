@@ -31,9 +31,27 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="KV cache budget in bytes (default: from --gpu-memory-utilization on GPU, 4 GiB on CPU)",
     )
-    group.add_argument("--kv-cache-dtype", default="auto")
-    group.add_argument("--quantization", default=None)
-    group.add_argument("--tensor-parallel-size", type=int, default=1)
+    group.add_argument(
+        "--kv-cache-dtype", default="auto", help="auto (the model dtype), int8 (per-token scales), fp8 (GPUs with fp8)"
+    )
+    group.add_argument(
+        "--quantization",
+        default=None,
+        help="int8, int4 (weight-only, from float weights), gptq, awq (from the checkpoint's quantization_config), "
+        "gguf (a .gguf file's tensors kept packed: the default with --dtype auto)",
+    )
+    group.add_argument(
+        "--quantization-group-size",
+        type=int,
+        default=defaults["quantization_group_size"].default,
+        help="int4: input columns per scale (32, 64, 128)",
+    )
+    group.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="split the model across N processes started by this command (gloo on CPU; NCCL on GPU, rank r on cuda:r)",
+    )
     group.add_argument("--speculative-config", type=json.loads, default=None, help="JSON, as vLLM takes it")
     group.add_argument("--enforce-eager", action="store_true")
     group.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("tokenyard.gateway.cli", "the OpenAI-compatible gateway: tenants, routing, exact cache"),
     "bench": ("tokenyard.runtime.cli_bench", "benchmark a server (bench serve), like vllm bench"),
     "generate": ("tokenyard.runtime.cli_generate", "run the engine offline on prompts and print completions"),
+    "quantize": (
+        "tokenyard.runtime.quantization.offline.cli",
+        "quantize a model offline (RTN, GPTQ, AWQ) into a Hugging Face GPTQ/AWQ checkpoint",
+    ),
     "operator": ("tokenyard.operator.cli", "run the LLMDeployment operator (kopf) against the current cluster"),
     "crd": ("tokenyard.operator.crd", "write the LLMDeployment CRD generated from its Python models"),
 }

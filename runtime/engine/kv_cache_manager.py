@@ -117,16 +117,27 @@ class KVCacheManager:
     def free(self, seq: Sequence) -> None:
         """Release ``seq``'s blocks, tail first, so shared prefix heads stay cached the longest."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self._free[block_id] = None
-                if block.block_hash is None:  # holds nothing reusable: hand it out first
-                    self._free.move_to_end(block_id, last=False)
+            self._release(block_id)
         seq.block_table.clear()
         for block_hash in self._seq_hashes.pop(seq.request_id, []):
             if self._pending.get(block_hash) == seq.request_id:
                 del self._pending[block_hash]
+
+    def release_tail(self, seq: Sequence) -> None:
+        """Roll back after rejected draft tokens: free the blocks past ``seq``'s computed tokens. They hold
+        only rejected tokens, which are never registered in the prefix cache (only computed blocks are)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id)
+        del seq.block_table[keep:]
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self._free[block_id] = None
+            if block.block_hash is None:  # holds nothing reusable: hand it out first
+                self._free.move_to_end(block_id, last=False)
 
     def _block_hashes(self, seq: Sequence) -> list[bytes]:
         """Chain hashes of ``seq``'s full blocks, extended as its tokens grow."""

@@ -14,9 +14,11 @@ from tokenyard.runtime.engine.kv_cache_manager import KVCacheManager
 from tokenyard.runtime.engine.model_runner import ModelRunner
 from tokenyard.runtime.engine.scheduler import Scheduler
 from tokenyard.runtime.engine.sequence import Sequence
-from tokenyard.runtime.layers.sampler import SamplingRow
+from tokenyard.runtime.layers.sampler import Sampled, SamplingRow
 from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
+from tokenyard.runtime.spec_decode.config import SpeculativeConfig
+from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, build_proposer
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class LLMEngine:
         self._rng = random.Random(config.seed)
         self.num_prompt_tokens = 0  # of requests whose prefill completed
         self.num_generation_tokens = 0
+        self.speculative = SpeculativeConfig.from_dict(config.speculative_config) if config.speculative_config else None
+        self.proposer = build_proposer(config, self.speculative, self.runner.loaded) if self.speculative else None
+        self.spec_decode_stats = SpecDecodeStats()
 
     # --- requests -------------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
@@ -122,6 +127,8 @@ class LLMEngine:
         if request is None:
             return False
         self.scheduler.finish(request.seq, "abort")
+        if self.proposer is not None:
+            self.proposer.release(request_id)
         return True
 
     def has_unfinished_requests(self) -> bool:
@@ -133,38 +140,79 @@ class LLMEngine:
 
     # --- one step ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, and report every request that got a new token."""
+        """Propose draft tokens, schedule, run the model once, and report every request that got new tokens."""
+        self._propose()
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        finishing = [s for s, n in batch.items() if s.num_computed_tokens + n == s.num_tokens]
+        finishing = [s for s, n in batch.items() if s.num_computed_tokens + n >= s.num_tokens]
         sampled = self.runner.execute(batch, [self._sampling_row(s) for s in finishing])
-        self.scheduler.advance(batch)
+        results = dict(zip(finishing, sampled, strict=True))
         now = time.monotonic()
         outputs = []
-        for seq, result in zip(finishing, sampled, strict=True):
-            seq.append_token(result.token_id, result.logprobs)
-            self.num_generation_tokens += 1
+        for seq, num_tokens in batch.items():
+            if seq not in results:  # a prefill chunk that does not end its prompt
+                self.scheduler.account(seq, num_tokens)
+                continue
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 self.num_prompt_tokens += len(seq.prompt_token_ids)
-            self._check_finished(seq, result.token_id)
+            self._accept(seq, num_tokens, results[seq])
             outputs.append(self._output(seq))
             if seq.is_finished:
                 self._requests.pop(seq.request_id, None)
+                if self.proposer is not None:
+                    self.proposer.release(seq.request_id)
         return outputs
 
-    def _check_finished(self, seq: Sequence, token_id: int) -> None:
+    def _propose(self) -> None:
+        """Draft tokens for running sequences that decode. None while min_tokens is not reached (only the
+        first verified position can ban EOS), none past max_tokens, and none above disable_by_batch_size."""
+        spec = self.speculative
+        if spec is None:
+            return
+        running = self.scheduler.running
+        if spec.disable_by_batch_size is not None and len(running) > spec.disable_by_batch_size:
+            return
+        seqs = [
+            s
+            for s in running
+            if s.num_uncomputed_tokens == 1 and s.output_token_ids and len(s.output_token_ids) >= s.params.min_tokens
+        ]
+        limits = [max(min(spec.num_speculative_tokens, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs]
+        self.proposer.propose(seqs, limits)
+
+    def _accept(self, seq: Sequence, num_scheduled: int, sampled: list[Sampled]) -> None:
+        """Append the accepted draft tokens and the target's own token, each checked for a stop in order
+        (a stop cuts the run). The KV of rejected drafts is not counted as computed and its blocks go back."""
+        num_drafts, num_accepted = len(seq.draft_token_ids), len(sampled) - 1
+        if num_drafts:
+            self.spec_decode_stats.record(num_drafts, num_accepted)
+        seq.keep_drafts(0)
+        finish = None
+        for result in sampled:
+            seq.append_token(result.token_id, result.logprobs)
+            self.num_generation_tokens += 1
+            finish = self._finish_reason(seq, result.token_id)
+            if finish is not None:
+                break
+        computed = num_scheduled - (num_drafts - num_accepted)
+        self.scheduler.account(seq, min(computed, seq.num_tokens - seq.num_computed_tokens))
+        if finish is not None:
+            self.scheduler.finish(seq, *finish)
+        elif num_drafts > num_accepted:
+            self.kv_cache.release_tail(seq)
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> tuple[str, int | str | None] | None:
         params = seq.params
         stop_string = self._requests[seq.request_id].detokenizer.add(token_id)
         if stop_string is not None:
-            self.scheduler.finish(seq, "stop", stop_string)
-        elif token_id in params.stop_token_ids or (
-            not params.ignore_eos and token_id in self.model_config.eos_token_ids
-        ):
-            self.scheduler.finish(seq, "stop", token_id)
-        elif len(seq.output_token_ids) >= seq.max_tokens:
-            self.scheduler.finish(seq, "length")
+            return "stop", stop_string
+        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.model_config.eos_token_ids):
+            return "stop", token_id
+        if len(seq.output_token_ids) >= seq.max_tokens:
+            return "length", None
+        return None
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         banned: list[int] = []
@@ -172,7 +220,15 @@ class LLMEngine:
             banned = list(seq.params.stop_token_ids) + (
                 [] if seq.params.ignore_eos else self.model_config.eos_token_ids
             )
-        return SamplingRow(seq.params, seq.generator, seq.prompt_token_ids, seq.output_token_ids, banned)
+        return SamplingRow(
+            seq.params,
+            seq.generator,
+            seq.prompt_token_ids,
+            seq.output_token_ids,
+            banned,
+            seq.draft_token_ids,
+            seq.draft_probs,
+        )
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:
         if params.greedy:

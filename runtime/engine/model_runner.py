@@ -7,12 +7,19 @@ from dataclasses import dataclass
 
 import torch
 from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from tokenyard.runtime.distributed import launch_workers
 from tokenyard.runtime.engine.memory import available_host_memory
 from tokenyard.runtime.engine.scheduler import ScheduledBatch
 from tokenyard.runtime.engine.sequence import Sequence
-from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
+from tokenyard.runtime.layers.attention import (
+    AttentionMetadata,
+    TorchAttentionBackend,
+    check_kv_cache_dtype,
+    kv_cache_entry,
+)
 from tokenyard.runtime.layers.sampler import Sampled, SamplingRow, sample
 from tokenyard.runtime.loaders import LoadedModel, load_model, resolve_model
+from tokenyard.runtime.spec_decode.rejection import verify
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +30,18 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         if self.device.type == "cpu" and config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.backend = TorchAttentionBackend()
-        self.loaded: LoadedModel = load_model(resolve_model(config.model), config.dtype, self.device, self.backend)
+        check_kv_cache_dtype(config.kv_cache_dtype, self.device)
+        self.backend = TorchAttentionBackend(config.kv_cache_dtype)
+        # Tensor parallelism: the other ranks start first and load their shards while this one loads its own.
+        with launch_workers(config, self.device) as self.workers:
+            self.loaded: LoadedModel = load_model(
+                resolve_model(config.model),
+                config.dtype,
+                self.device,
+                self.backend,
+                config.quantization,
+                config.quantization_group_size,
+            )
         self.model = self.loaded.model
         self.block_size = config.block_size
         self.kv_caches: list[torch.Tensor] = []
@@ -33,19 +50,26 @@ class ModelRunner:
         self.padding_block = -1  # set by allocate_kv_cache: one block past the pool, owned by nobody
 
     @property
-    def kv_bytes_per_token(self) -> int:
-        return self.loaded.config.kv_bytes_per_token * self.loaded.dtype.itemsize
+    def kv_entry(self) -> tuple[torch.dtype, int]:
+        """(storage dtype, width) of one token's key or value per KV head: see layers/attention.py."""
+        return kv_cache_entry(self.loaded.config.head_dim, self.config.kv_cache_dtype, self.loaded.dtype)
 
-    def allocate_kv_cache(self) -> int:
-        """Allocate the block pool once, from the memory budget. Returns the number of blocks."""
-        budget = self._kv_budget_bytes()
-        num_blocks = budget // (self.kv_bytes_per_token * self.block_size) - 1
+    @property
+    def kv_bytes_per_token(self) -> int:
+        storage, width = self.kv_entry
+        return self.model.kv_bytes_per_token // self.loaded.config.head_dim * width * storage.itemsize
+
+    def allocate_kv_cache(self, num_blocks: int | None = None) -> int:
+        """Allocate the block pool once: ``num_blocks``, else as many as the memory budget holds (the fewest any
+        rank holds under tensor parallelism: all ranks share one block table). Returns the number of blocks."""
+        if num_blocks is None:
+            fit = self.kv_blocks_that_fit
+            num_blocks = self.workers.agree_kv_blocks(fit) if self.workers else fit()
         self.padding_block = num_blocks
         cfg = self.loaded.config
-        shape = (2, (num_blocks + 1) * self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [
-            torch.zeros(shape, dtype=self.loaded.dtype, device=self.device) for _ in range(cfg.num_layers)
-        ]
+        storage, width = self.kv_entry
+        shape = (2, (num_blocks + 1) * self.block_size, self.model.kv_heads_per_rank, width)
+        self.kv_caches = [torch.zeros(shape, dtype=storage, device=self.device) for _ in range(cfg.num_layers)]
         log.info(
             "KV cache: %d bytes per token, %d blocks of %d tokens (%.1f MiB, %d tokens)",
             self.kv_bytes_per_token,
@@ -55,6 +79,9 @@ class ModelRunner:
             num_blocks * self.block_size,
         )
         return num_blocks
+
+    def kv_blocks_that_fit(self) -> int:
+        return self._kv_budget_bytes() // (self.kv_bytes_per_token * self.block_size) - 1
 
     def _kv_budget_bytes(self) -> int:
         if self.config.kv_cache_memory_bytes is not None:
@@ -69,7 +96,8 @@ class ModelRunner:
         """Peak memory of the largest step (a full token budget of prefill), measured on the device."""
         n = self.config.max_num_batched_tokens
         cfg = self.loaded.config
-        scratch = torch.zeros((2, n, cfg.num_kv_heads, cfg.head_dim), dtype=self.loaded.dtype, device=self.device)
+        storage, width = self.kv_entry
+        scratch = torch.zeros((2, n, self.model.kv_heads_per_rank, width), dtype=storage, device=self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         meta = AttentionMetadata(
@@ -95,15 +123,21 @@ class ModelRunner:
         return peak
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[Sampled]:
+    def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[list[Sampled]]:
         """Run one step. ``rows`` describe the sequences that finish their input this step, in batch
-        order; they get one sampled token each."""
+        order; each gets its accepted draft tokens (if it had any) and one sampled token."""
         logits = self.run_model(self._prepare(batch))
-        return sample(logits, rows) if logits is not None else []
+        if logits is None:
+            return []
+        if any(row.draft_token_ids for row in rows):
+            return verify(logits, rows)
+        return [[sampled] for sampled in sample(logits, rows)]
 
     @torch.inference_mode()
     def run_model(self, inputs: StepInputs) -> torch.Tensor | None:
         """The forward pass for prepared inputs: logits (float32) of the ``sample_index`` rows, or None."""
+        if self.workers is not None:
+            self.workers.run_model(inputs)  # every rank runs the forward on its shard; this one samples
         self.backend.prepare(inputs.meta, self.device)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
         if not inputs.sample_index:
@@ -124,8 +158,8 @@ class ModelRunner:
             table = seq.block_table
             slot_mapping += [table[p // bs] * bs + p % bs for p in range(start, end)]
             query_start_loc.append(len(input_ids))
-            if end == seq.num_tokens:
-                sample_index.append(len(input_ids) - 1)
+            if end >= seq.num_tokens:  # its last token's row, and one per draft token after it
+                sample_index += range(len(input_ids) - 1 - (end - seq.num_tokens), len(input_ids))
         context_lens = [s.num_computed_tokens + n for s, n in batch.items()]
         block_tables = [s.block_table for s in batch.seqs]
         num_decodes = next((i for i, n in enumerate(batch.num_new_tokens) if n != 1), len(batch.seqs))
@@ -170,8 +204,8 @@ def decode_bucket(rows: int, max_rows: int) -> int:
 
 def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
     prompt_len = len(seq.prompt_token_ids)
-    if start >= prompt_len:
-        return seq.output_token_ids[start - prompt_len : end - prompt_len]
+    if start >= prompt_len:  # a decode, with the draft tokens it verifies
+        return (seq.output_token_ids + seq.draft_token_ids)[start - prompt_len : end - prompt_len]
     return seq.prompt_token_ids[start:end] + seq.output_token_ids[: max(end - prompt_len, 0)]
 
 

@@ -52,15 +52,20 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
-        decodes_first = sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1)
+        # plain decodes, then decodes with draft tokens to verify, then prefills (the attention backend's order)
+        decodes_first = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, bool(s.draft_token_ids)))
         for seq in decodes_first:
             if budget == 0:
                 break
             if seq.status is not Status.RUNNING:  # preempted earlier in this loop
                 continue
-            num_tokens = min(seq.num_uncomputed_tokens, budget)
+            seq.keep_drafts(max(budget - seq.num_uncomputed_tokens, 0))  # the budget counts draft tokens
+            num_tokens = min(seq.num_uncomputed_tokens + len(seq.draft_token_ids), budget)
             if num_tokens < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
                 continue
+            if seq.draft_token_ids and not self.kv_cache.allocate(seq, num_tokens):
+                seq.keep_drafts(0)  # draft tokens never cost another sequence a preemption
+                num_tokens = seq.num_uncomputed_tokens
             if self._allocate_or_preempt(seq, num_tokens, batch):
                 batch.add(seq, num_tokens)
                 budget -= num_tokens
@@ -108,15 +113,19 @@ class Scheduler:
         self.kv_cache.free(seq)
         seq.status = Status.WAITING
         seq.num_computed_tokens = 0
+        seq.keep_drafts(0)
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
     def advance(self, batch: ScheduledBatch) -> None:
-        """Account the tokens the model just computed, and share their full blocks."""
         for seq, num_tokens in batch.items():
-            seq.num_computed_tokens += num_tokens
-            self.kv_cache.cache_full_blocks(seq, num_tokens)
+            self.account(seq, num_tokens)
+
+    def account(self, seq: Sequence, num_tokens: int) -> None:
+        """Account tokens the model just computed (rejected draft tokens excluded), and share their full blocks."""
+        seq.num_computed_tokens += num_tokens
+        self.kv_cache.cache_full_blocks(seq, num_tokens)
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         if seq.status is Status.RUNNING:

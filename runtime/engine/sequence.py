@@ -37,6 +37,10 @@ class Sequence:
     stop_reason: int | str | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    # Speculative decoding: tokens proposed after the last one, verified in the next step; the draft
+    # model's probabilities for them ((drafts, vocab)), None for point-mass proposals.
+    draft_token_ids: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -53,6 +57,11 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is Status.FINISHED
+
+    def keep_drafts(self, count: int) -> None:
+        del self.draft_token_ids[count:]
+        if self.draft_probs is not None:
+            self.draft_probs = self.draft_probs[:count] if count else None
 
     def append_token(self, token_id: int, logprobs: dict[int, float] | None) -> None:
         self.output_token_ids.append(token_id)

@@ -6,10 +6,17 @@ The torch backend here is the reference that runs anywhere; a Triton paged-atten
 for GPUs without the model or the runner changing.
 
 Within a step, decode rows (one query token each) come first, then prefill chunks.
+
+The KV cache holds one entry per (slot, KV head) in the model's dtype, or quantized
+(``kv_cache_dtype`` int8 / fp8): ``head_dim`` one-byte codes followed by the entry's bfloat16 scale in
+two more bytes (per token and head: absmax / 127 for int8), so one int8 tensor still holds a layer's
+cache and each entry is written once. Entries are quantized on write and dequantized on read; a prefill
+chunk attends to its own fresh keys and values unquantized, as vLLM's kernels do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,12 +64,69 @@ def context_slots(block_tables: list[list[int]], length: int, block_size: int) -
     return (table[:, :, None] * block_size + offsets).flatten(1)[:, :length]
 
 
+# kv_cache_dtype -> the dtype of a quantized entry's codes (stored as int8 bytes) and its largest code
+QUANTIZED_KV_DTYPES = {"int8": (torch.int8, 127.0), "fp8": (torch.float8_e4m3fn, 448.0)}
+QUANTIZED_KV_DTYPES["fp8_e4m3"] = QUANTIZED_KV_DTYPES["fp8"]
+_SCALE_BYTES = 2  # one bfloat16 scale per entry
+
+
+def kv_cache_entry(head_dim: int, kv_cache_dtype: str, model_dtype: torch.dtype) -> tuple[torch.dtype, int]:
+    """(storage dtype, width) of one token's key (or value) for one KV head in the cache."""
+    if kv_cache_dtype == "auto":
+        return model_dtype, head_dim
+    return torch.int8, head_dim + _SCALE_BYTES
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, device: torch.device) -> None:
+    """fp8 needs hardware fp8 (CUDA compute capability 8.9+: Ada, Hopper and later)."""
+    if kv_cache_dtype.startswith("fp8"):
+        has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+        if not has_fp8:
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} is invalid on {device}: fp8 needs a GPU with compute capability "
+                ">= 8.9; allowed here: auto, int8"
+            )
+
+
+def quantize_kv(x: torch.Tensor, kv_cache_dtype: str) -> torch.Tensor:
+    """(tokens, kv_heads, dim) -> (tokens, kv_heads, dim + 2) int8 entries: codes, then the scale's bytes."""
+    codes_dtype, largest = QUANTIZED_KV_DTYPES[kv_cache_dtype]
+    scale = (x.float().abs().amax(-1, keepdim=True) / largest).to(torch.bfloat16).clamp_(min=1e-30)
+    scaled = x.float() / scale.float()  # the rounded scale, so that codes times it is what reads give back
+    if codes_dtype == torch.int8:
+        codes = scaled.round_().clamp_(-largest, largest).to(torch.int8)
+    else:
+        codes = scaled.clamp_(-largest, largest).to(codes_dtype).view(torch.int8)
+    return torch.cat([codes, scale.view(torch.int8)], dim=-1)
+
+
+def dequantize_kv(entries: torch.Tensor, kv_cache_dtype: str, dtype: torch.dtype) -> torch.Tensor:
+    codes_dtype, _ = QUANTIZED_KV_DTYPES[kv_cache_dtype]
+    codes = entries[..., :-_SCALE_BYTES]
+    if codes_dtype != torch.int8:
+        codes = codes.contiguous().view(codes_dtype)
+    scale = entries[..., -_SCALE_BYTES:].contiguous().view(torch.bfloat16)
+    return codes.to(dtype) * scale.to(dtype)
+
+
 class TorchAttentionBackend:
     """Reference backend: gathers each sequence's context from the paged cache and runs SDPA.
 
     Grouped-query heads are folded into the query length ((kv_heads, group * q_len) queries against
     kv_heads keys), so keys and values are never repeated per query head.
     """
+
+    def __init__(self, kv_cache_dtype: str = "auto") -> None:
+        self.kv_cache_dtype = kv_cache_dtype
+
+    def _write(self, half: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+        half.index_copy_(0, slots, x if self.kv_cache_dtype == "auto" else quantize_kv(x, self.kv_cache_dtype))
+
+    def _reader(self, kv_cache: torch.Tensor, dtype: torch.dtype) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """``read(0 for keys / 1 for values, slots)``: cache entries at ``slots`` in ``dtype``."""
+        if self.kv_cache_dtype == "auto":
+            return lambda half, slots: kv_cache[half].index_select(0, slots)
+        return lambda half, slots: dequantize_kv(kv_cache[half].index_select(0, slots), self.kv_cache_dtype, dtype)
 
     def prepare(self, meta: AttentionMetadata, device: torch.device) -> None:
         state = meta.backend_state
@@ -89,17 +153,18 @@ class TorchAttentionBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, dim)."""
-        kv_cache[0].index_copy_(0, meta.slot_mapping, k)
-        kv_cache[1].index_copy_(0, meta.slot_mapping, v)
+        """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, entry width)."""
+        self._write(kv_cache[0], meta.slot_mapping, k)
+        self._write(kv_cache[1], meta.slot_mapping, v)
+        read = self._reader(kv_cache, q.dtype)
         state = meta.backend_state
         out = torch.empty_like(q)
         d = meta.num_decodes
         if d:
-            out[:d] = _decode(q[:d], kv_cache, state["decode"], scale)
+            out[:d] = _decode(q[:d], read, state["decode"], scale)
         for start, end, prior, slots in state["prefills"]:
             if prior:
-                keys, values = kv_cache[0].index_select(0, slots), kv_cache[1].index_select(0, slots)
+                keys, values = read(0, slots), read(1, slots)
             else:
                 keys, values = k[start:end], v[start:end]
             out[start:end] = _prefill(q[start:end], keys, values, prior, scale)
@@ -139,15 +204,18 @@ def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
     return _DecodePlan(shared_slots, suffix_slots.to(device), mask.to(device))
 
 
-def _decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: _DecodePlan, scale: float) -> torch.Tensor:
+def _decode(
+    q: torch.Tensor, read: Callable[[int, torch.Tensor], torch.Tensor], plan: _DecodePlan, scale: float
+) -> torch.Tensor:
     rows, heads, dim = q.shape
-    kv_heads = kv_cache.shape[2]
-    group = heads // kv_heads
-    grouped = q.view(rows, kv_heads, group, dim)
     length = plan.suffix_slots.shape[1]
     flat = plan.suffix_slots.reshape(-1)
-    keys = kv_cache[0].index_select(0, flat).view(rows, length, kv_heads, dim).transpose(1, 2)
-    values = kv_cache[1].index_select(0, flat).view(rows, length, kv_heads, dim).transpose(1, 2)
+    keys, values = read(0, flat), read(1, flat)
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    grouped = q.view(rows, kv_heads, group, dim)
+    keys = keys.view(rows, length, kv_heads, dim).transpose(1, 2)
+    values = values.view(rows, length, kv_heads, dim).transpose(1, 2)
     if plan.shared_slots is None and rows <= SDPA_MAX_DECODE_ROWS:
         out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=plan.suffix_mask, scale=scale)
         return out.reshape(rows, heads, dim)
@@ -155,8 +223,8 @@ def _decode(q: torch.Tensor, kv_cache: torch.Tensor, plan: _DecodePlan, scale: f
     if plan.shared_slots is None:
         return (torch.softmax(scores, dim=-1).to(q.dtype) @ values).reshape(rows, heads, dim)
     # all rows' queries against the shared keys at once: (kv_heads, rows * group, shared_len)
-    shared_keys = kv_cache[0].index_select(0, plan.shared_slots).permute(1, 2, 0)
-    shared_values = kv_cache[1].index_select(0, plan.shared_slots).transpose(0, 1)
+    shared_keys = read(0, plan.shared_slots).permute(1, 2, 0)
+    shared_values = read(1, plan.shared_slots).transpose(0, 1)
     stacked = grouped.transpose(0, 1).reshape(kv_heads, rows * group, dim)
     shared_scores = (stacked @ shared_keys).float().mul_(scale)
     # one softmax over both parts: a common max, then the two weighted sums over one normaliser

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tokenyard.runtime.quantization.groups import AffineGroups, concat_rows
+from tokenyard.runtime.quantization.kernels import QuantizedRows, QuantizedWeight, make_quantized_weight
 from torch import nn
 
 
@@ -14,8 +16,12 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.packed_weight: torch.Tensor | None = None
+        self.quantized: QuantizedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            out = self.quantized.forward(x)  # not __call__: its hook machinery costs ~5 us per call
+            return out + self.bias if self.bias is not None else out
         if self.packed_weight is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -25,6 +31,20 @@ class Linear(nn.Module):
         (2 cores, AVX512): 1.6x faster in bfloat16 and 2x in float32 for one token, faster still for
         batches, because the plain layout streams weights at ~12 GB/s and the blocked one at ~28 GB/s."""
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.data, 1)
+        self._drop_weight()
+
+    def load_quantized(self, groups: AffineGroups) -> None:
+        """Take a quantized weight (a pre-quantized checkpoint's, or one quantized after loading) in
+        place of the float one; the kernel computes in the dtype the float weight had."""
+        if (groups.out_features, groups.in_features) != tuple(self.weight.shape):
+            raise ValueError(
+                f"quantized weight of shape {(groups.out_features, groups.in_features)} does not fit a "
+                f"linear layer of shape {tuple(self.weight.shape)}"
+            )
+        self.quantized = make_quantized_weight(groups, self.weight.dtype, self.weight.device)
+        self._drop_weight()
+
+    def _drop_weight(self) -> None:
         del self.weight
         self.weight = None  # a tied weight lives on in the embedding
 
@@ -35,9 +55,20 @@ class MergedLinear(Linear):
     def __init__(self, in_features: int, part_sizes: list[int], bias: bool = False) -> None:
         super().__init__(in_features, sum(part_sizes), bias)
         self.part_sizes = part_sizes
+        self._quantized_parts: dict[int, AffineGroups] = {}  # pre-quantized parts waiting for the others
 
     def load_part(self, index: int, weight: torch.Tensor) -> None:
         self.weight.data[self._rows(index)].copy_(weight)
+
+    def load_quantized_part(self, index: int, groups: AffineGroups) -> None:
+        """Quantized parts are stacked once all have arrived (a checkpoint stores them apart)."""
+        if groups.out_features != self.part_sizes[index]:
+            raise ValueError(
+                f"quantized part {index} has {groups.out_features} rows, expected {self.part_sizes[index]}"
+            )
+        self._quantized_parts[index] = groups
+        if len(self._quantized_parts) == len(self.part_sizes):
+            self.load_quantized(concat_rows([self._quantized_parts.pop(i) for i in range(len(self.part_sizes))]))
 
     def load_part_bias(self, index: int, bias: torch.Tensor) -> None:
         self.bias.data[self._rows(index)].copy_(bias)
@@ -54,6 +85,18 @@ class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim), requires_grad=False)
+        self.quantized: QuantizedRows | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.quantized(ids)
         return F.embedding(ids, self.weight)
+
+    def load_quantized(self, groups: AffineGroups) -> None:
+        if (groups.out_features, groups.in_features) != tuple(self.weight.shape):
+            raise ValueError(
+                f"quantized embedding of shape {tuple(groups.codes.shape)} does not fit {tuple(self.weight.shape)}"
+            )
+        self.quantized = QuantizedRows(groups, self.weight.dtype).to(self.weight.device)
+        del self.weight
+        self.weight = None

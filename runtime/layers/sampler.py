@@ -3,7 +3,7 @@ and logprobs of the raw model output (as vLLM reports them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tokenyard.runtime.sampling_params import SamplingParams
@@ -16,6 +16,10 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     banned_token_ids: list[int]  # e.g. EOS while min_tokens is not reached
+    # Speculative decoding: proposals to verify, one more logits row each, and the draft's probabilities
+    # for them ((drafts, vocab); None: each proposal is a point mass, as n-gram lookups are).
+    draft_token_ids: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -26,8 +30,25 @@ class Sampled:
 
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[Sampled]:
     """logits: (rows, vocab) float32, one row per request that needs a token this step."""
-    want_logprobs = [r.params.logprobs is not None for r in rows]
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
+    raw_logprobs = raw_logprobs_if_wanted(logits, rows)
+    logits = process_logits(logits, rows)
+    chosen = logits.argmax(dim=-1)
+    sampled_rows = [i for i, row in enumerate(rows) if not row.params.greedy]
+    if sampled_rows:
+        probs = filtered_probs(logits[sampled_rows], [rows[i].params for i in sampled_rows])
+        for j, i in enumerate(sampled_rows):
+            chosen[i] = draw(probs[j], rows[i].generator)
+    tokens = chosen.tolist()
+    return [Sampled(tokens[i], logprob_entry(raw_logprobs, i, tokens[i], row.params)) for i, row in enumerate(rows)]
+
+
+def raw_logprobs_if_wanted(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor | None:
+    """Logprobs of the raw model output (before penalties and temperature), as vLLM reports them."""
+    return torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
+
+
+def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """Penalties and banned tokens applied, on a copy when anything changes."""
     if any(row.params.uses_penalties or row.banned_token_ids for row in rows):
         logits = logits.clone()
     for i, row in enumerate(rows):
@@ -35,25 +56,25 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[Sampled]:
             _apply_penalties(logits[i], row)
         if row.banned_token_ids:
             logits[i, row.banned_token_ids] = float("-inf")
-    chosen = logits.argmax(dim=-1)
-    sampled_rows = [i for i, row in enumerate(rows) if not row.params.greedy]
-    if sampled_rows:
-        probs = _filtered_probs(logits[sampled_rows], [rows[i].params for i in sampled_rows])
-        for j, i in enumerate(sampled_rows):
-            # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, with the row's own RNG.
-            noise = torch.empty_like(probs[j]).exponential_(generator=rows[i].generator)
-            chosen[i] = (probs[j] / noise).argmax()
-    tokens = chosen.tolist()
-    results = []
-    for i, row in enumerate(rows):
-        entry = None
-        if raw_logprobs is not None and want_logprobs[i]:
-            entry = {tokens[i]: float(raw_logprobs[i, tokens[i]])}
-            if row.params.logprobs:
-                values, ids = raw_logprobs[i].topk(row.params.logprobs)
-                entry.update(zip(ids.tolist(), values.tolist(), strict=True))
-        results.append(Sampled(tokens[i], entry))
-    return results
+    return logits
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from ``probs`` (unnormalised is fine) with the request's own RNG: the exponential race,
+    argmax(p / E) with E ~ Exp(1), draws from p."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())
+
+
+def logprob_entry(raw_logprobs: torch.Tensor | None, index: int, token: int, params: SamplingParams) -> dict | None:
+    """The chosen token's logprob and the top ``params.logprobs`` of logits row ``index``."""
+    if raw_logprobs is None or params.logprobs is None:
+        return None
+    entry = {token: float(raw_logprobs[index, token])}
+    if params.logprobs:
+        values, ids = raw_logprobs[index].topk(params.logprobs)
+        entry.update(zip(ids.tolist(), values.tolist(), strict=True))
+    return entry
 
 
 def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
@@ -73,7 +94,7 @@ def _apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
         logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
 
-def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     temperature = torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
     probs = torch.softmax(logits / temperature, dim=-1)
     if any(p.top_k or p.top_p < 1 for p in params):

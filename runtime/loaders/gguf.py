@@ -1,5 +1,7 @@
 """GGUF files (llama.cpp's format): model settings, tokenizer and chat template from the metadata,
-tensors dequantized to the serving dtype. Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1."""
+tensors dequantized to the serving dtype or, for quantized matrices, kept packed (read from the blocks'
+bytes into the runtime's quantized form, never through float). Supported tensor types: F32, F16, BF16,
+Q8_0, Q4_0, Q4_1."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES, LlamaConfig
+from tokenyard.runtime.quantization.groups import GGUF_PACKED_TYPES, AffineGroups, from_gguf_blocks, permute_rows
 
 TENSOR_TYPES = {GGMLQuantizationType[name] for name in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")}
 
@@ -73,7 +76,10 @@ def read_config(reader: GGUFReader) -> LlamaConfig:
     )
 
 
-def iter_weights(reader: GGUFReader, config: LlamaConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(
+    reader: GGUFReader, config: LlamaConfig, packed: bool = False
+) -> Iterator[tuple[str, torch.Tensor | AffineGroups]]:
+    """Hugging Face names and tensors; with ``packed``, Q8_0/Q4_0/Q4_1 matrices come as ``AffineGroups``."""
     for tensor in reader.tensors:
         if tensor.name == "rope_freqs.weight":
             continue
@@ -83,13 +89,25 @@ def iter_weights(reader: GGUFReader, config: LlamaConfig) -> Iterator[tuple[str,
                 f"{', '.join(sorted(t.name for t in TENSOR_TYPES))}"
             )
         name = _hf_name(tensor.name)
+        if packed and tensor.tensor_type in GGUF_PACKED_TYPES and len(tensor.shape) == 2:
+            groups = from_gguf_blocks(tensor.data, tensor.tensor_type)
+            heads = _rotary_heads(config, name)
+            if heads:
+                groups = permute_rows(groups, _unpermute_rotary(torch.arange(groups.out_features), heads))
+            yield name, groups
+            continue
         with warnings.catch_warnings():  # F32 tensors are read-only views of the mapped file: we only read them
             warnings.simplefilter("ignore", UserWarning)
             values = torch.from_numpy(np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), np.float32))
-        if config.architecture == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = config.num_heads if name.endswith("q_proj.weight") else config.num_kv_heads
-            values = _unpermute_rotary(values, heads)
-        yield name, values
+        heads = _rotary_heads(config, name)
+        yield name, _unpermute_rotary(values, heads) if heads else values
+
+
+def _rotary_heads(config: LlamaConfig, name: str) -> int:
+    """Heads of a llama q/k projection whose rows llama.cpp's converter permuted; 0 for other tensors."""
+    if config.architecture != "llama" or not name.endswith(("q_proj.weight", "k_proj.weight")):
+        return 0
+    return config.num_heads if name.endswith("q_proj.weight") else config.num_kv_heads
 
 
 def _hf_name(gguf_name: str) -> str:

@@ -1,4 +1,5 @@
-"""Hugging Face directories: config.json, *.safetensors, tokenizer files."""
+"""Hugging Face directories: config.json, *.safetensors, tokenizer files. GPTQ and AWQ checkpoints
+(a ``quantization_config`` in config.json) yield each quantized layer as one ``AffineGroups``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES, LlamaConfig
+from tokenyard.runtime.quantization.config import CheckpointQuantization, read_checkpoint_quantization
+from tokenyard.runtime.quantization.formats import from_awq, from_gptq
+from tokenyard.runtime.quantization.groups import AffineGroups, from_group_quantized
+
+_QUANTIZED_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 
 def read_config(directory: Path) -> tuple[LlamaConfig, torch.dtype | None]:
@@ -67,11 +73,36 @@ def _eos_ids(directory: Path, raw: dict) -> list[int]:
     return ids
 
 
-def iter_weights(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def read_quantization(directory: Path) -> CheckpointQuantization | None:
+    return read_checkpoint_quantization(json.loads((directory / "config.json").read_text()))
+
+
+def iter_weights(
+    directory: Path, quantization: CheckpointQuantization | None = None
+) -> Iterator[tuple[str, torch.Tensor | AffineGroups]]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{directory}: no *.safetensors files (other weight formats are not loaded)")
     for file in files:
         with safe_open(str(file), framework="pt") as handle:  # memory-mapped: tensors are read on access
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield name, handle.get_tensor(name)
+            names = list(handle.keys())
+            quantized = {n.removesuffix(".qweight") for n in names if n.endswith(".qweight")}
+            for name in names:
+                module, _, part = name.rpartition(".")
+                if module not in quantized:
+                    yield name, handle.get_tensor(name)
+                elif part == "qweight":
+                    if quantization is None:
+                        raise ValueError(f"{directory}: {name} is quantized but config.json has no quantization_config")
+                    parts = {
+                        p: handle.get_tensor(f"{module}.{p}") for p in _QUANTIZED_PARTS if f"{module}.{p}" in names
+                    }
+                    yield f"{module}.weight", _read_quantized(parts, quantization)
+                elif part not in _QUANTIZED_PARTS:  # e.g. the bias of a quantized layer
+                    yield name, handle.get_tensor(name)
+
+
+def _read_quantized(tensors: dict[str, torch.Tensor], quantization: CheckpointQuantization) -> AffineGroups:
+    if quantization.method == "gptq":
+        return from_group_quantized(from_gptq(tensors, quantization.bits, quantization.group_size))
+    return from_group_quantized(from_awq(tensors, quantization.group_size))

@@ -9,11 +9,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from tokenyard.runtime.distributed.group import current
 from tokenyard.runtime.layers.attention import AttentionBackend
 from tokenyard.runtime.layers.linear import Linear, MergedLinear
+from tokenyard.runtime.layers.parallel import shard
 from tokenyard.runtime.loaders import gguf, hf
 from tokenyard.runtime.loaders.resolve import ModelSource
 from tokenyard.runtime.models import LlamaConfig, LlamaForCausalLM
+from tokenyard.runtime.quantization.config import FROM_FLOAT, resolve_quantization
+from tokenyard.runtime.quantization.groups import AffineGroups
+from tokenyard.runtime.quantization.transform import quantize_linears, tie_lm_head_to_quantized_embedding, weight_bytes
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -36,17 +41,30 @@ class LoadedModel:
     dtype: torch.dtype
     source: ModelSource
     weights_bytes: int
+    quantization: str | None = None  # the method served (see runtime/quantization/config.py), None: float
 
 
-def load_model(source: ModelSource, dtype: str, device: torch.device, backend: AttentionBackend) -> LoadedModel:
+def load_model(
+    source: ModelSource,
+    dtype: str,
+    device: torch.device,
+    backend: AttentionBackend,
+    quantization: str | None = None,
+    quantization_group_size: int = 128,
+) -> LoadedModel:
     if source.format == "gguf":
         reader = gguf.open_gguf(source.path)
         config, native_dtype = gguf.read_config(reader), None
-        weights: Iterable[tuple[str, torch.Tensor]] = gguf.iter_weights(reader, config)
+        quantization = resolve_quantization(quantization, "gguf", None, dtype, current().size)
+        weights: Iterable[tuple[str, torch.Tensor | AffineGroups]] = gguf.iter_weights(
+            reader, config, packed=quantization == "gguf"
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
     else:
         config, native_dtype = hf.read_config(source.path)
-        weights = hf.iter_weights(source.path)
+        checkpoint_quantization = hf.read_quantization(source.path)
+        quantization = resolve_quantization(quantization, "hf", checkpoint_quantization, dtype, current().size)
+        weights = hf.iter_weights(source.path, checkpoint_quantization)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=False)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in config.eos_token_ids:
         config.eos_token_ids.append(tokenizer.eos_token_id)
@@ -59,20 +77,24 @@ def load_model(source: ModelSource, dtype: str, device: torch.device, backend: A
     finally:
         torch.set_default_dtype(previous)
     _fill(model, weights)
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if quantization in FROM_FLOAT:
+        quantize_linears(model, quantization, quantization_group_size)
+    tie_lm_head_to_quantized_embedding(model)
+    weights_bytes = weight_bytes(model)
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch_dtype != torch.float16:
         for module in model.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, Linear) and module.weight is not None:
                 module.pack_for_cpu()
     log.info(
-        "loaded %s (%s, %s, %.0f MiB of weights) on %s",
+        "loaded %s (%s, %s, quantization %s, %.0f MiB of weights) on %s",
         source.name,
         source.format,
         torch_dtype,
+        quantization,
         weights_bytes / 2**20,
         device,
     )
-    return LoadedModel(model.eval(), config, tokenizer, torch_dtype, source, weights_bytes)
+    return LoadedModel(model.eval(), config, tokenizer, torch_dtype, source, weights_bytes, quantization)
 
 
 def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -106,10 +128,17 @@ def _fill(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]) 
             fused, part = _FUSED_PARTS[leaf]
             target = f"{parent}.{fused}"
             module = modules[target]
-            module.load_part(part, tensor) if kind == "weight" else module.load_part_bias(part, tensor)
+            if isinstance(tensor, AffineGroups):
+                module.load_quantized_part(part, tensor)
+            else:
+                module.load_part(part, tensor) if kind == "weight" else module.load_part_bias(part, tensor)
             loaded[f"{target}.{kind}"] += 1
+        elif isinstance(tensor, AffineGroups) and f"{module_path}.{kind}" in params:
+            modules[module_path].load_quantized(tensor)  # pre-quantized: the weight changes form in place
+            loaded[f"{module_path}.{kind}"] += 1
         elif f"{module_path}.{kind}" in params:
             param = params[f"{module_path}.{kind}"]
+            tensor = shard(modules[module_path], kind, tensor)  # tensor parallelism: this rank's part only
             if param.shape != tensor.shape:
                 raise ValueError(
                     f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"

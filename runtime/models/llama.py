@@ -6,9 +6,17 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tokenyard.runtime.distributed.group import current
 from tokenyard.runtime.layers.attention import AttentionBackend, AttentionMetadata
-from tokenyard.runtime.layers.linear import Embedding, Linear, MergedLinear
 from tokenyard.runtime.layers.norm import RMSNorm
+from tokenyard.runtime.layers.parallel import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    attention_heads_per_rank,
+    qkv_parallel_linear,
+)
 from tokenyard.runtime.layers.rotary import RotaryEmbedding, apply_rotary
 from torch import nn
 
@@ -33,23 +41,18 @@ class LlamaConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     architecture: str = "llama"
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Per element size excluded: multiply by the KV dtype's size."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
-
 
 class Attention(nn.Module):
+    """Under tensor parallelism each rank runs its share of the heads (and the KV heads they read)."""
+
     def __init__(self, config: LlamaConfig, backend: AttentionBackend) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            config.num_heads,
-            config.num_kv_heads,
-            config.head_dim,
+        self.head_dim = config.head_dim
+        self.num_heads, self.num_kv_heads = attention_heads_per_rank(config.num_heads, config.num_kv_heads, current())
+        self.qkv_proj = qkv_parallel_linear(
+            config.hidden_size, config.head_dim, config.num_heads, config.num_kv_heads, config.attention_bias
         )
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.attention_bias)
-        self.o_proj = Linear(q_size, config.hidden_size)
+        self.o_proj = RowParallelLinear(config.num_heads * config.head_dim, config.hidden_size, what="attention heads")
         self.backend = backend
         self.scale = self.head_dim**-0.5
 
@@ -66,8 +69,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.gate_up_proj = MergedLinear(config.hidden_size, [config.intermediate_size] * 2)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        size = config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear.evenly(config.hidden_size, [size] * 2, "intermediate size")
+        self.down_proj = RowParallelLinear(size, config.hidden_size, what="intermediate size")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
@@ -91,15 +95,16 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: LlamaConfig, backend: AttentionBackend) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         self.rotary = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
         self.layers = nn.ModuleList(DecoderLayer(config, backend) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.kv_heads_per_rank = self.layers[0].self_attn.num_kv_heads
 
     def forward(
         self,
@@ -114,5 +119,11 @@ class LlamaForCausalLM(nn.Module):
             x = layer(angles, x, kv_cache, meta)
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """This rank's KV cache elements per token; multiply by the KV dtype's size."""
+        return 2 * self.config.num_layers * self.kv_heads_per_rank * self.config.head_dim
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits; under tensor parallelism on rank 0 only (None on the others)."""
+        return self.lm_head.logits(hidden)

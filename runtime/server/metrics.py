@@ -90,6 +90,12 @@ class ServerMetrics:
         self.spec_drafts = Counter("vllm:spec_decode_num_drafts", "Speculative drafts", label, registry=r)
         self.spec_draft_tokens = Counter("vllm:spec_decode_num_draft_tokens", "Draft tokens", label, registry=r)
         self.spec_accepted = Counter("vllm:spec_decode_num_accepted_tokens", "Accepted draft tokens", label, registry=r)
+        self.spec_accepted_per_pos = Counter(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted draft tokens by position in the draft",
+            [*label, "position"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds", "Time to first token", label, buckets=_LATENCY, registry=r
         )
@@ -123,7 +129,17 @@ class ServerMetrics:
         self.peak_rss = Gauge("tokenyard_process_peak_resident_memory_bytes", "Peak resident memory", label, registry=r)
         self.gpu_memory = Gauge("tokenyard_gpu_memory_used_bytes", "GPU memory allocated by torch", label, registry=r)
         self.model_name = model_name
-        self._seen = {"queries": 0, "hits": 0, "preemptions": 0, "prompt": 0, "generation": 0}
+        self._seen = {
+            "queries": 0,
+            "hits": 0,
+            "preemptions": 0,
+            "prompt": 0,
+            "generation": 0,
+            "drafts": 0,
+            "draft_tokens": 0,
+            "accepted": 0,
+        }
+        self._seen_per_position: list[int] = []
 
     def describe_engine(self, engine: LLMEngine) -> None:
         kv = engine.kv_cache
@@ -151,6 +167,9 @@ class ServerMetrics:
             "preemptions": engine.scheduler.num_preemptions,
             "prompt": engine.num_prompt_tokens,
             "generation": engine.num_generation_tokens,
+            "drafts": engine.spec_decode_stats.num_drafts,
+            "draft_tokens": engine.spec_decode_stats.num_draft_tokens,
+            "accepted": engine.spec_decode_stats.num_accepted_tokens,
         }
         counters = {
             "queries": self.prefix_queries,
@@ -158,11 +177,15 @@ class ServerMetrics:
             "preemptions": self.preemptions,
             "prompt": self.prompt_tokens,
             "generation": self.generation_tokens,
+            "drafts": self.spec_drafts,
+            "draft_tokens": self.spec_draft_tokens,
+            "accepted": self.spec_accepted,
         }
         for key, total in totals.items():
             if total > self._seen[key]:
                 counters[key].labels(name).inc(total - self._seen[key])
                 self._seen[key] = total
+        self._record_accepted_per_position(engine.spec_decode_stats.accepted_per_position)
         self.peak_rss.labels(name).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if engine.runner.device.type == "cuda":
             import torch
@@ -170,6 +193,14 @@ class ServerMetrics:
             self.gpu_memory.labels(name).set(torch.cuda.memory_allocated(engine.runner.device))
             with contextlib.suppress(ModuleNotFoundError, RuntimeError):  # without NVML (pynvml) it stays unset
                 self.gpu_utilization.labels(name).set(torch.cuda.utilization(engine.runner.device) / 100)
+
+    def _record_accepted_per_position(self, totals: list[int]) -> None:
+        seen = self._seen_per_position
+        seen += [0] * (len(totals) - len(seen))
+        for position, total in enumerate(totals):
+            if total > seen[position]:
+                self.spec_accepted_per_pos.labels(self.model_name, str(position)).inc(total - seen[position])
+                seen[position] = total
 
     def record_token_gap(self, seconds: float) -> None:
         self.itl.labels(self.model_name).observe(seconds)

@@ -219,10 +219,11 @@ def test_decode_steps_padded_to_static_shapes_give_the_same_tokens(tiny_llm):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"quantization": "int8"}, "quantization='int8' is not supported yet"),
-        ({"tensor_parallel_size": 2}, "tensor_parallel_size=2 is not supported yet"),
-        ({"speculative_config": {"method": "ngram"}}, "speculative_config=.* is not supported yet"),
-        ({"kv_cache_dtype": "int8"}, "kv_cache_dtype='int8' is not supported yet"),
+        ({"quantization": "int3"}, "quantization='int3' is invalid: must be .*int8.*int4.*gptq.*awq"),
+        ({"quantization": "int4", "quantization_group_size": 48}, "quantization_group_size=48 is invalid: .*32"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size=0 is invalid: must be >= 1"),
+        ({"speculative_config": {"method": "eagle"}}, "method.*eagle.*ngram"),
+        ({"kv_cache_dtype": "int4"}, "kv_cache_dtype='int4' is invalid: must be .*int8"),
         ({"dtype": "float64"}, r"dtype='float64' is invalid: must be one of auto, float32, bfloat16, float16"),
         ({"max_num_seqs": 0}, "max_num_seqs=0 is invalid: must be >= 1"),
         ({"gpu_memory_utilization": 1.5}, r"gpu_memory_utilization=1.5 is invalid: must be in \(0, 1\]"),

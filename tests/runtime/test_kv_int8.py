@@ -1,0 +1,133 @@
+"""int8 KV cache: each token's keys and values per head are stored as int8 codes with one scale, so the
+same memory holds about twice the blocks, and attention over the dequantized cache picks the same
+greedy tokens as the float cache (decode rows, cascade over a shared prefix, chunks after cached context)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.config import EngineConfig
+from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
+
+from .conftest import CLASSIFIER_SYSTEM
+
+BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 8
+
+
+def test_entries_read_back_within_half_a_step_of_their_scale():
+    x = torch.randn(50, KV_HEADS, 64) * torch.logspace(-4, 2, 50)[:, None, None]  # tiny to large tokens
+    back = dequantize_kv(quantize_kv(x, "int8"), "int8", torch.float32)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    assert ((back - x).abs() <= step * 0.502).all()
+
+
+def naive(q, keys, values, first_position):
+    keys = keys.repeat_interleave(HEADS // KV_HEADS, dim=1)
+    values = values.repeat_interleave(HEADS // KV_HEADS, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, keys) * DIM**-0.5
+    positions = torch.arange(q.shape[0])[:, None] + first_position
+    scores = scores.masked_fill(torch.arange(keys.shape[0])[None, :] > positions, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), values)
+
+
+@pytest.mark.parametrize(
+    ("contexts", "new_tokens", "shared_blocks"),
+    [
+        ([9], [1], 0),
+        ([5, 13, 22] * 4, [1] * 12, 0),
+        ([12, 17, 30, 9], [1, 1, 1, 1], 2),  # cascade over two shared blocks
+        ([12, 17, 9, 20], [1, 1, 6, 20], 2),  # decodes, a chunk after cached context, a fresh prefill
+    ],
+    ids=["one-decode", "many-decodes", "shared-prefix", "mixed"],
+)
+def test_backend_attends_to_the_dequantized_cache(contexts, new_tokens, shared_blocks):
+    torch.manual_seed(0)
+    cache = quantize_kv(torch.randn(2 * 64 * BS, KV_HEADS, DIM), "int8").view(2, 64 * BS, KV_HEADS, DIM + 2)
+    shared = list(range(shared_blocks))
+    free = iter(range(shared_blocks, 64))
+    tables = [shared + [next(free) for _ in range(-(-c // BS) - shared_blocks)] for c in contexts]
+    total = sum(new_tokens)
+    q, k, v = torch.randn(total, HEADS, DIM), torch.randn(total, KV_HEADS, DIM), torch.randn(total, KV_HEADS, DIM)
+    starts, slots = [0], []
+    for table, context, n in zip(tables, contexts, new_tokens, strict=True):
+        starts.append(starts[-1] + n)
+        slots += [table[p // BS] * BS + p % BS for p in range(context - n, context)]
+    meta = AttentionMetadata(
+        torch.tensor(slots),
+        starts,
+        contexts,
+        tables,
+        num_decodes=next((i for i, n in enumerate(new_tokens) if n != 1), len(new_tokens)),
+        block_size=BS,
+    )
+    backend = TorchAttentionBackend("int8")
+    backend.prepare(meta, torch.device("cpu"))
+    out = backend.forward(q, k, v, cache, meta, DIM**-0.5)
+    stored = dequantize_kv(cache, "int8", torch.float32)  # what the cache holds now, new tokens included
+    for row, (table, context, n) in enumerate(zip(tables, contexts, new_tokens, strict=True)):
+        rows = slice(starts[row], starts[row + 1])
+        if n == context:  # a fresh prefill attends to its own keys and values as computed
+            expected = naive(q[rows], k[rows], v[rows], 0)
+        else:
+            context_slots = torch.tensor([table[p // BS] * BS + p % BS for p in range(context)])
+            expected = naive(q[rows], stored[0][context_slots], stored[1][context_slots], context - n)
+        torch.testing.assert_close(out[rows], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def head_dim_64_dir(tmp_path_factory, smollm2_tokenizer):
+    """SmolLM2's head size (64), where a per-token scale costs 2 bytes per 64 codes."""
+    from .tiny_models import write_hf_model
+
+    return write_hf_model(
+        "llama",
+        tmp_path_factory.mktemp("kv") / "llama",
+        smollm2_tokenizer,
+        hidden_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+
+
+def test_the_same_budget_holds_about_twice_the_blocks(head_dim_64_dir):
+    budget = 8 << 20
+    bf16 = LLM(str(head_dim_64_dir), dtype="bfloat16", kv_cache_memory_bytes=budget)
+    int8 = LLM(str(head_dim_64_dir), dtype="bfloat16", kv_cache_memory_bytes=budget, kv_cache_dtype="int8")
+    bf16_blocks, int8_blocks = bf16.engine.kv_cache.num_blocks, int8.engine.kv_cache.num_blocks
+    assert int8.engine.runner.kv_bytes_per_token == 2 * 2 * 1 * (64 + 2)  # layers * K/V * heads * (codes + scale)
+    assert int8_blocks / bf16_blocks >= 1.9
+    assert int8.engine.runner.kv_caches[0].dtype == torch.int8
+
+
+def test_greedy_tokens_match_the_float_cache(smollm2_gguf, llm_fp32):
+    """On the real SmolLM2 (float32): batched decodes sharing the cached system prompt (cascade), then
+    the same conversations again from the prefix cache in small chunks (prefill after cached context)."""
+    conversations = [
+        [{"role": "system", "content": CLASSIFIER_SYSTEM}, {"role": "user", "content": turn}]
+        for turn in ("Reply: Yes! The sky is blue and I love it!", "Reply: three", "Reply: Why is this so boring.")
+    ]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    reference = [o.outputs[0].token_ids for o in llm_fp32.chat(conversations, params)]
+    llm = LLM(
+        str(smollm2_gguf),
+        dtype="float32",
+        kv_cache_dtype="int8",
+        max_model_len=1024,
+        max_num_batched_tokens=48,
+        kv_cache_memory_bytes=32 << 20,
+    )
+    for _ in range(2):  # the second round starts from the prefix cache
+        outs = llm.chat(conversations, params)
+        assert [o.outputs[0].token_ids for o in outs] == reference
+    assert all(o.num_cached_tokens >= 64 for o in outs)
+
+
+def test_fp8_is_refused_without_fp8_hardware(tiny_llama_dir):
+    with pytest.raises(ValueError, match=r"kv_cache_dtype='fp8' is invalid on cpu: .*allowed here: auto, int8"):
+        LLM(str(tiny_llama_dir), kv_cache_dtype="fp8", kv_cache_memory_bytes=4 << 20)
+
+
+def test_unknown_kv_cache_dtype_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match=r"kv_cache_dtype='int4' is invalid: must be auto, int8, fp8, fp8_e4m3"):
+        EngineConfig(kv_cache_dtype="int4")
