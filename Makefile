@@ -36,6 +36,12 @@ bench: install
 	$(PY) -m benchmarks.serve --out docs/benchmarks.md
 	$(PY) -m benchmarks.gateway --out docs/benchmarks.md
 	$(PY) -m benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
+	# llama.cpp for the side-by-side rows only (builds from source in ~7 min; never a dependency of tokenyard).
+	$(PY) -c 'import llama_cpp' 2>/dev/null || $(PIP) install --quiet llama-cpp-python || echo 'no llama.cpp: its rows are skipped'
+	$(PY) -m benchmarks.quantization --out docs/benchmarks.md
+	$(PY) -m benchmarks.spec_decode --out docs/benchmarks.md
+	$(PY) -m benchmarks.tensor_parallel --out docs/benchmarks.md
+	$(PY) -m benchmarks.accuracy --out docs/benchmarks.md
 
 serve: install
 	@echo 'Starting the local stack: tokenyard serve (packaged SmolLM2-135M-Instruct) on :8000, the gateway on :8080.'

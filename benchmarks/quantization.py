@@ -30,7 +30,7 @@ FORMATS = {
     "int8": dict(dtype="bfloat16", quantization="int8"),
     "int4, groups of 32": dict(dtype="bfloat16", quantization="int4", quantization_group_size=32),
     "int4, groups of 128": dict(dtype="bfloat16", quantization="int4", quantization_group_size=128),
-    "GGUF Q4_1 kept packed": dict(dtype="auto"),
+    "GGUF Q4_1 kept packed": dict(dtype="bfloat16", quantization="gguf"),
 }
 TARGETS = {"int8": 1.6, "int4, groups of 32": 2.0, "int4, groups of 128": 2.0}  # batch-1 decode vs bf16
 CONCURRENCY = 32
@@ -104,8 +104,8 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         "",
         f"Machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}. Every row loads the "
         "packaged Q4_1 GGUF: bf16 dequantizes it, int8/int4 quantize the dequantized weights at load (LM head "
-        "included), the GGUF row keeps Q4_1 layers and the Q8_0 embedding/LM head packed (the default with "
-        f"`--dtype auto`). Batch-1 decode: {args.decode_tokens} tokens after a short prompt; throughput: "
+        "included), the GGUF row keeps Q4_1 layers and the Q8_0 embedding/LM head packed "
+        f"(`--quantization gguf`). Batch-1 decode: {args.decode_tokens} tokens after a short prompt; throughput: "
         f"{CONCURRENCY} concurrent sequences of {args.throughput_tokens} tokens. Best of {args.runs} runs.",
         "",
         "| format | weights (MiB) | batch-1 decode tok/s | vs bf16 | target | met | "

@@ -38,7 +38,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantization",
         default=None,
         help="int8, int4 (weight-only, from float weights), gptq, awq (from the checkpoint's quantization_config), "
-        "gguf (a .gguf file's tensors kept packed: the default with --dtype auto)",
+        "gguf (a .gguf file's tensors kept packed; without it they are dequantized at load)",
     )
     group.add_argument(
         "--quantization-group-size",

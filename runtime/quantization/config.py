@@ -1,9 +1,9 @@
 """Which quantization a model is served with: the ``--quantization`` flag, the checkpoint's own
 ``quantization_config`` (config.json, detected as vLLM does) or the GGUF file's tensor types.
 
-GGUF files: with ``--dtype auto`` their quantized tensors stay packed (``gguf``, as if the flag named
-it), which is what the file was made for; an explicit float ``--dtype`` without ``--quantization``
-asks for float weights, so the tensors are dequantized once at load (the reference-exact path)."""
+GGUF files: ``--quantization gguf`` keeps their quantized tensors packed; without it they are dequantized
+once at load to the serving dtype. Dequantized is the default because on the CPUs measured here the packed
+kernels lose to oneDNN's bfloat16 matmuls at batch 1, at batch 32 and in prefill (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def resolve_quantization(
         if tensor_parallel_size > 1:
             require(flag != "gguf", "quantization", flag, "int8, int4 or left out under tensor parallelism")
             return flag
-        return flag or ("gguf" if dtype == "auto" else None)
+        return flag
     require(
         flag in (None, *FROM_FLOAT),
         "quantization",

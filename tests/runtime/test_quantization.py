@@ -250,11 +250,12 @@ def test_packaged_smollm2_kept_packed_answers_the_classifier_prompt_like_the_deq
     assert model.embed_tokens.quantized is not None and model.lm_head.quantized is not None
 
 
-def test_a_gguf_served_with_dtype_auto_stays_packed(tiny_llama_dir, smollm2_gguf, tmp_path):
+def test_a_gguf_stays_packed_only_when_asked(tiny_llama_dir, smollm2_gguf, tmp_path):
     from .tiny_models import write_gguf_model
 
     path = write_gguf_model(tiny_llama_dir, tmp_path / "tiny-Q4_1.gguf", "Q4_1", smollm2_gguf)
-    assert LLM(str(path), **SMALL).engine.runner.loaded.quantization == "gguf"
+    assert LLM(str(path), quantization="gguf", **SMALL).engine.runner.loaded.quantization == "gguf"
+    assert LLM(str(path), **SMALL).engine.runner.loaded.quantization is None
 
 
 def test_weight_memory_of_the_linears_halves_with_int8_and_quarters_with_int4(tiny_llama_dir):
