@@ -224,8 +224,8 @@ def test_overload_is_refused_at_once_and_every_accepted_request_completes(tmp_pa
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--quantization", "awq"], "quantization='awq' is not supported yet"),
-        (["--speculative-config", '{"method": "ngram"}'], "is not supported yet"),
+        (["--quantization", "int3"], "quantization='int3' is invalid: must be int8, int4"),
+        (["--speculative-config", '{"method": "ngram"}'], "speculative_config.num_speculative_tokens=None is invalid"),
         (["--max-num-seqs", "0"], "max_num_seqs=0 is invalid"),
     ],
 )
