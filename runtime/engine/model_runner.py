@@ -57,7 +57,7 @@ class ModelRunner:
     @property
     def kv_bytes_per_token(self) -> int:
         storage, width = self.kv_entry
-        return self.model.kv_bytes_per_token // self.loaded.config.head_dim * width * storage.itemsize
+        return 2 * self.loaded.config.num_layers * self.model.kv_heads_per_rank * width * storage.itemsize
 
     def allocate_kv_cache(self, num_blocks: int | None = None) -> int:
         """Allocate the block pool once: ``num_blocks``, else as many as the memory budget holds (the fewest any

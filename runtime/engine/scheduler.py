@@ -118,10 +118,6 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
-    def advance(self, batch: ScheduledBatch) -> None:
-        for seq, num_tokens in batch.items():
-            self.account(seq, num_tokens)
-
     def account(self, seq: Sequence, num_tokens: int) -> None:
         """Account tokens the model just computed (rejected draft tokens excluded), and share their full blocks."""
         seq.num_computed_tokens += num_tokens

@@ -119,11 +119,6 @@ class LlamaForCausalLM(nn.Module):
             x = layer(angles, x, kv_cache, meta)
         return self.norm(x)
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """This rank's KV cache elements per token; multiply by the KV dtype's size."""
-        return 2 * self.config.num_layers * self.kv_heads_per_rank * self.config.head_dim
-
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Float32 logits; under tensor parallelism on rank 0 only (None on the others)."""
         return self.lm_head.logits(hidden)

@@ -2,8 +2,10 @@
 ``quantization_config`` (config.json, detected as vLLM does) or the GGUF file's tensor types.
 
 GGUF files: ``--quantization gguf`` keeps their quantized tensors packed; without it they are dequantized
-once at load to the serving dtype. Dequantized is the default because on the CPUs measured here the packed
-kernels lose to oneDNN's bfloat16 matmuls at batch 1, at batch 32 and in prefill (docs/benchmarks.md)."""
+once at load to the serving dtype. Dequantized is the default because, measured on this CPU, the packed
+kernels win only at batch 1 (1.47x decode) and lose to oneDNN's bfloat16 matmuls with 32 sequences (0.78x)
+and in prefill (a 450-token prompt takes 1.34x as long): serving is batched and prefill-heavy
+(docs/benchmarks.md, quantization section)."""
 
 from __future__ import annotations
 

@@ -106,7 +106,9 @@ def quantize_int8_per_channel(weight: torch.Tensor) -> AffineGroups:
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> AffineGroups:
-    """Asymmetric round-to-nearest 4-bit per group of ``group_size`` input columns (min/max range)."""
+    """Asymmetric round-to-nearest 4-bit per group of ``group_size`` input columns (min/max range, a float
+    min per group as the int4 kernel takes it). ``tokenyard quantize``'s RTN (offline/rtn.py) differs on
+    purpose: it must land on what a GPTQ checkpoint can store (integer zero points, float16 scales)."""
     w = weight.float()
     n, k = w.shape
     pad = -k % group_size  # a partial last group: repeat its last column, which leaves min and max alone

@@ -1,11 +1,12 @@
 """The torch attention backend against plain causal attention computed per sequence, across its paths:
-few decode rows (SDPA), many rows, rows sharing a cached prefix (cascade), and prefill chunks."""
+few decode rows (SDPA), many rows, rows sharing a cached prefix (cascade), and prefill chunks, with a float
+cache and an int8 one."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
+from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
 
 BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 8
 
@@ -30,9 +31,13 @@ def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_
     ],
     ids=["one-decode", "many-decodes", "shared-prefix", "mixed"],
 )
-def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv_cache_dtype):
+    """With an int8 cache the reference reads the dequantized cache: what the backend stored, new tokens included."""
     torch.manual_seed(0)
     cache = torch.randn(2, 64 * BS, KV_HEADS, DIM)
+    if kv_cache_dtype != "auto":
+        cache = quantize_kv(cache.view(-1, KV_HEADS, DIM), kv_cache_dtype).view(2, 64 * BS, KV_HEADS, DIM + 2)
     shared = list(range(shared_blocks))
     free = iter(range(shared_blocks, 64))
     tables = [shared + [next(free) for _ in range(-(-c // BS) - shared_blocks)] for c in contexts]
@@ -52,12 +57,15 @@ def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks):
         num_decodes=next((i for i, n in enumerate(new_tokens) if n != 1), len(new_tokens)),
         block_size=BS,
     )
-    backend = TorchAttentionBackend()
+    backend = TorchAttentionBackend(kv_cache_dtype)
     backend.prepare(meta, torch.device("cpu"))
     out = backend.forward(q, k, v, cache, meta, DIM**-0.5)
+    stored = cache if kv_cache_dtype == "auto" else dequantize_kv(cache, kv_cache_dtype, torch.float32)
     for row, (table, context, n) in enumerate(zip(tables, contexts, new_tokens, strict=True)):
-        context_slots = torch.tensor([table[p // BS] * BS + p % BS for p in range(context)])
-        expected = naive(
-            q[starts[row] : starts[row + 1]], cache[0][context_slots], cache[1][context_slots], context - n
-        )
-        torch.testing.assert_close(out[starts[row] : starts[row + 1]], expected, atol=1e-5, rtol=1e-5)
+        rows = slice(starts[row], starts[row + 1])
+        if n == context:  # a fresh prefill attends to its own keys and values as computed
+            expected = naive(q[rows], k[rows], v[rows], 0)
+        else:
+            context_slots = torch.tensor([table[p // BS] * BS + p % BS for p in range(context)])
+            expected = naive(q[rows], stored[0][context_slots], stored[1][context_slots], context - n)
+        torch.testing.assert_close(out[rows], expected, atol=1e-5, rtol=1e-5)

@@ -1,6 +1,6 @@
 """int8 KV cache: each token's keys and values per head are stored as int8 codes with one scale, so the
 same memory holds about twice the blocks, and attention over the dequantized cache picks the same
-greedy tokens as the float cache (decode rows, cascade over a shared prefix, chunks after cached context)."""
+greedy tokens as the float cache. (The backend's paths over an int8 cache: tests/runtime/test_attention.py.)"""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.config import EngineConfig
-from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
+from tokenyard.runtime.layers.attention import dequantize_kv, quantize_kv
 
 from .conftest import CLASSIFIER_SYSTEM
 
-BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 8
+KV_HEADS = 2
 
 
 def test_entries_read_back_within_half_a_step_of_their_scale():
@@ -20,59 +20,6 @@ def test_entries_read_back_within_half_a_step_of_their_scale():
     back = dequantize_kv(quantize_kv(x, "int8"), "int8", torch.float32)
     step = x.abs().amax(-1, keepdim=True) / 127
     assert ((back - x).abs() <= step * 0.502).all()
-
-
-def naive(q, keys, values, first_position):
-    keys = keys.repeat_interleave(HEADS // KV_HEADS, dim=1)
-    values = values.repeat_interleave(HEADS // KV_HEADS, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q, keys) * DIM**-0.5
-    positions = torch.arange(q.shape[0])[:, None] + first_position
-    scores = scores.masked_fill(torch.arange(keys.shape[0])[None, :] > positions, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), values)
-
-
-@pytest.mark.parametrize(
-    ("contexts", "new_tokens", "shared_blocks"),
-    [
-        ([9], [1], 0),
-        ([5, 13, 22] * 4, [1] * 12, 0),
-        ([12, 17, 30, 9], [1, 1, 1, 1], 2),  # cascade over two shared blocks
-        ([12, 17, 9, 20], [1, 1, 6, 20], 2),  # decodes, a chunk after cached context, a fresh prefill
-    ],
-    ids=["one-decode", "many-decodes", "shared-prefix", "mixed"],
-)
-def test_backend_attends_to_the_dequantized_cache(contexts, new_tokens, shared_blocks):
-    torch.manual_seed(0)
-    cache = quantize_kv(torch.randn(2 * 64 * BS, KV_HEADS, DIM), "int8").view(2, 64 * BS, KV_HEADS, DIM + 2)
-    shared = list(range(shared_blocks))
-    free = iter(range(shared_blocks, 64))
-    tables = [shared + [next(free) for _ in range(-(-c // BS) - shared_blocks)] for c in contexts]
-    total = sum(new_tokens)
-    q, k, v = torch.randn(total, HEADS, DIM), torch.randn(total, KV_HEADS, DIM), torch.randn(total, KV_HEADS, DIM)
-    starts, slots = [0], []
-    for table, context, n in zip(tables, contexts, new_tokens, strict=True):
-        starts.append(starts[-1] + n)
-        slots += [table[p // BS] * BS + p % BS for p in range(context - n, context)]
-    meta = AttentionMetadata(
-        torch.tensor(slots),
-        starts,
-        contexts,
-        tables,
-        num_decodes=next((i for i, n in enumerate(new_tokens) if n != 1), len(new_tokens)),
-        block_size=BS,
-    )
-    backend = TorchAttentionBackend("int8")
-    backend.prepare(meta, torch.device("cpu"))
-    out = backend.forward(q, k, v, cache, meta, DIM**-0.5)
-    stored = dequantize_kv(cache, "int8", torch.float32)  # what the cache holds now, new tokens included
-    for row, (table, context, n) in enumerate(zip(tables, contexts, new_tokens, strict=True)):
-        rows = slice(starts[row], starts[row + 1])
-        if n == context:  # a fresh prefill attends to its own keys and values as computed
-            expected = naive(q[rows], k[rows], v[rows], 0)
-        else:
-            context_slots = torch.tensor([table[p // BS] * BS + p % BS for p in range(context)])
-            expected = naive(q[rows], stored[0][context_slots], stored[1][context_slots], context - n)
-        torch.testing.assert_close(out[rows], expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ def seq(name: str, length: int) -> Sequence:
 def run_step(scheduler: Scheduler) -> dict[str, int]:
     """Schedule, pretend the model ran, and give every finished prefill a new token."""
     batch = scheduler.schedule()
-    scheduler.advance(batch)
-    for s in batch.seqs:
+    for s, n in batch.items():
+        scheduler.account(s, n)
         if s.num_computed_tokens == s.num_tokens:
             s.append_token(1, None)
     return {s.request_id: n for s, n in batch.items()}
