@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from tokenyard.runtime.kernels import kernels_for
 
 
 @dataclass
@@ -119,8 +120,13 @@ class TorchAttentionBackend:
     def __init__(self, kv_cache_dtype: str = "auto") -> None:
         self.kv_cache_dtype = kv_cache_dtype
 
-    def _write(self, half: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
-        half.index_copy_(0, slots, x if self.kv_cache_dtype == "auto" else quantize_kv(x, self.kv_cache_dtype))
+    def _write(self, kv_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        ops = kernels_for(k) if self.kv_cache_dtype == "auto" else None
+        if ops is not None and kv_cache.dtype == k.dtype:
+            ops.write_kv_cache(kv_cache, slots, k, v)
+            return
+        for half, x in ((kv_cache[0], k), (kv_cache[1], v)):
+            half.index_copy_(0, slots, x if self.kv_cache_dtype == "auto" else quantize_kv(x, self.kv_cache_dtype))
 
     def _reader(self, kv_cache: torch.Tensor, dtype: torch.dtype) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """``read(0 for keys / 1 for values, slots)``: cache entries at ``slots`` in ``dtype``."""
@@ -154,12 +160,15 @@ class TorchAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, entry width)."""
-        self._write(kv_cache[0], meta.slot_mapping, k)
-        self._write(kv_cache[1], meta.slot_mapping, v)
+        self._write(kv_cache, meta.slot_mapping, k, v)
         read = self._reader(kv_cache, q.dtype)
         state = meta.backend_state
-        out = torch.empty_like(q)
         d = meta.num_decodes
+        ops = kernels_for(q) if self.kv_cache_dtype == "auto" and q.shape[-1] % 16 == 0 else None
+        if ops is not None and d == q.shape[0] and _reads_cache_directly(state["decode"]):
+            plan = state["decode"]  # a decode-only step: the kernel's output is the whole output
+            return ops.decode_attention(q, kv_cache, plan.suffix_slots, plan.suffix_lens, scale)
+        out = torch.empty_like(q)
         if d:
             out[:d] = _decode(q[:d], read, state["decode"], scale)
         for start, end, prior, slots in state["prefills"]:
@@ -183,7 +192,14 @@ class _DecodePlan:
 
     shared_slots: torch.Tensor | None  # (shared_len,)
     suffix_slots: torch.Tensor  # (rows, longest_suffix)
+    suffix_lens: torch.Tensor  # (rows,)
     suffix_mask: torch.Tensor  # (rows, 1, 1, longest_suffix), True where a key exists
+
+
+def _reads_cache_directly(plan: _DecodePlan) -> bool:
+    """The CPU kernel reads each row's context from the cache in place: it wins where SDPA would have run
+    on gathered copies (a few rows, no shared prefix); cascade attention wins for many rows sharing one."""
+    return plan.shared_slots is None and plan.suffix_slots.shape[0] <= SDPA_MAX_DECODE_ROWS
 
 
 def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
@@ -201,7 +217,7 @@ def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
     suffix_slots = context_slots([t[shared_blocks:] for t in tables], longest, bs)
     mask = (torch.arange(longest)[None, :] < suffix_lens[:, None]).view(d, 1, 1, longest)
     shared_slots = context_slots([first[:shared_blocks]], shared, bs)[0].to(device) if shared else None
-    return _DecodePlan(shared_slots, suffix_slots.to(device), mask.to(device))
+    return _DecodePlan(shared_slots, suffix_slots.contiguous().to(device), suffix_lens.to(device), mask.to(device))
 
 
 def _decode(

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from tokenyard.runtime.kernels import kernels_for
 from torch import nn
+
+Angles = tuple[torch.Tensor, torch.Tensor]
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class RotaryEmbedding(nn.Module):
@@ -17,14 +21,30 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for a step's positions, looked up once and shared by every layer."""
-        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+    def angles(self, positions: torch.Tensor) -> Angles:
+        """cos and sin (float32, (tokens, head_dim / 2)) for a step's positions, looked up once and shared by
+        every layer."""
+        return self.cos[positions], self.sin[positions]
 
 
-def apply_rotary(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x: (tokens, heads, dim), rotated in its two halves."""
-    cos, sin = angles
+def rotate_queries_and_keys(qkv: torch.Tensor, angles: Angles, heads: int, kv_heads: int, dim: int) -> QKV:
+    """Split a fused q|k|v projection output into (tokens, heads, dim) views, q and k rotated."""
+    ops = kernels_for(qkv)
+    if ops is not None and qkv.is_contiguous():
+        ops.rotary_(qkv, *angles, heads, kv_heads, dim)  # in place, on the projection's fresh output
+        return _split(qkv, heads, kv_heads, dim)
+    q, k, v = _split(qkv, heads, kv_heads, dim)
+    return _rotated(q, angles), _rotated(k, angles), v
+
+
+def _split(qkv: torch.Tensor, heads: int, kv_heads: int, dim: int) -> QKV:
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    return q.view(-1, heads, dim), k.view(-1, kv_heads, dim), v.view(-1, kv_heads, dim)
+
+
+def _rotated(x: torch.Tensor, angles: Angles) -> torch.Tensor:
+    """x: (tokens, heads, dim), rotated in its two halves (in x's dtype, as Hugging Face's code does)."""
+    cos, sin = (a.unsqueeze(1).to(x.dtype) for a in angles)
     first, second = x.chunk(2, dim=-1)
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 

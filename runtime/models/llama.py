@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tokenyard.runtime.distributed.group import current
+from tokenyard.runtime.layers.activation import silu_and_mul
 from tokenyard.runtime.layers.attention import AttentionBackend, AttentionMetadata
 from tokenyard.runtime.layers.norm import RMSNorm
 from tokenyard.runtime.layers.parallel import (
@@ -17,10 +17,8 @@ from tokenyard.runtime.layers.parallel import (
     attention_heads_per_rank,
     qkv_parallel_linear,
 )
-from tokenyard.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+from tokenyard.runtime.layers.rotary import Angles, RotaryEmbedding, rotate_queries_and_keys
 from torch import nn
-
-Angles = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -57,11 +55,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
 
     def forward(self, angles: Angles, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj.split(self.qkv_proj(x))
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        q, k, v = rotate_queries_and_keys(self.qkv_proj(x), angles, self.num_heads, self.num_kv_heads, self.head_dim)
         out = self.backend.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.flatten(1))
 
@@ -74,8 +68,7 @@ class MLP(nn.Module):
         self.down_proj = RowParallelLinear(size, config.hidden_size, what="intermediate size")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -87,8 +80,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, angles: Angles, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(angles, self.input_layernorm(x), kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attended = self.self_attn(angles, self.input_layernorm(x), kv_cache, meta)
+        normed, x = self.post_attention_layernorm.add_and_norm(attended, x)
+        return x + self.mlp(normed)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -114,7 +108,7 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        angles = self.rotary.angles(positions, x.dtype)
+        angles = self.rotary.angles(positions)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(angles, x, kv_cache, meta)
         return self.norm(x)

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from tokenyard.runtime.kernels import cpu_kernels
 from tokenyard.runtime.quantization.groups import AffineGroups
 from torch import nn
 
@@ -32,6 +33,10 @@ class QuantizedWeight(nn.Module):
 
     in_features: int
     out_features: int
+
+    def shared_rows(self) -> AffineGroups | None:
+        """The same table for embedding lookups with the codes shared, not copied, where the layout allows."""
+        return None
 
 
 class Int8ChannelWeight(QuantizedWeight):
@@ -50,8 +55,7 @@ class Int8ChannelWeight(QuantizedWeight):
             return F.linear(x, self.weight.to(x.dtype)) * self.scales
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
 
-    def as_rows(self) -> AffineGroups:
-        """The same int8 table for embedding lookups (codes shared, not copied): W = q * scale."""
+    def shared_rows(self) -> AffineGroups:
         scales = self.scales.float()[:, None]
         return AffineGroups(self.weight, scales, torch.zeros_like(scales), 8, self.in_features)
 
@@ -116,8 +120,68 @@ class Int8GroupWeight(QuantizedWeight):
         return self.nibbles.forward(torch.cat([x, x], dim=-1))
 
 
+class CpuGroupWeight(QuantizedWeight):
+    """Any weight of up to 8 bits for tokenyard's own CPU kernel (``runtime/kernels``), which streams codes
+    near memory bandwidth at batch 1: 8-bit codes as int8 (``code - 128``, the 128 folded into the mins),
+    narrower ones as 4-bit, two per byte (in each run of 32: code i low, code i + 16 high)."""
+
+    def __init__(self, groups: AffineGroups, group_size: int, dtype: torch.dtype) -> None:
+        """Scales and mins are kept in the serving dtype, as PyTorch's kernels keep them: bfloat16 halves the
+        bytes they add to every group."""
+        super().__init__()
+        if group_size != groups.group_size:
+            groups = groups.regrouped(group_size)
+        self.out_features, self.in_features = groups.codes.shape
+        self.register_buffer("perm", groups.perm)
+        groups = groups.padded_to_whole_groups()
+        self.padded_in_features, self.group_size = groups.in_features, group_size
+        self.bits = 8 if groups.bits > 4 else 4
+        scales, mins = groups.scales.float(), groups.mins.float()
+        if self.bits == 8:
+            codes, mins = (groups.codes.to(torch.int16) - 128).to(torch.int8), mins + 128 * scales
+        else:
+            runs = groups.codes.view(self.out_features, -1, 2, 16)
+            codes = (runs[:, :, 0] | runs[:, :, 1] << 4).reshape(self.out_features, -1)
+        scales, mins = scales.to(dtype), mins.to(dtype)
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("scales", scales.contiguous())
+        if not mins.any():  # symmetric (per-channel int8): no mins to store or apply
+            mins = mins.new_empty(0)
+        self.register_buffer("mins", mins.contiguous())
+        # the per-call path is a few microseconds of Python around the kernel, and 121 calls make a token:
+        # plain attributes (an nn.Module buffer lookup costs ~1 us each; this class never changes device)
+        self.kernel = cpu_kernels().quantized_linear
+        self.kernel_args = (self.codes, self.scales, self.mins, self.bits, self.group_size)
+        self.reorders_input = self.perm is not None or self.padded_in_features != self.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reorders_input:
+            x = _gathered_and_padded(x, self.perm, self.padded_in_features)
+        return self.kernel(x, *self.kernel_args)
+
+    def shared_rows(self) -> AffineGroups | None:
+        if self.bits != 8 or self.perm is not None or self.padded_in_features != self.in_features:
+            return None
+        mins = self.mins if self.mins.numel() else torch.zeros_like(self.scales)
+        return AffineGroups(self.codes, self.scales, mins, 8, self.group_size)
+
+    @staticmethod
+    def group_size_for(groups: AffineGroups) -> int | None:
+        """The kernel's group size for a weight (a multiple of 32), or None when it cannot serve it. One group
+        spanning K stays one group (per-channel int8); otherwise the sizes the 4-bit kernels take, by the same
+        least-padding rule."""
+        k = groups.in_features
+        if groups.group_size >= k and k % 32 == 0:
+            return k
+        size = _kernel_group_size(groups)
+        return size if size % 32 == 0 and (groups.group_size % size == 0 or groups.group_size >= k) else None
+
+
 def make_quantized_weight(groups: AffineGroups, dtype: torch.dtype, device: torch.device) -> QuantizedWeight:
     """The fastest kernel for a weight's bits and grouping."""
+    group_size = CpuGroupWeight.group_size_for(groups)
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and group_size and cpu_kernels():
+        return CpuGroupWeight(groups, group_size, dtype)
     if groups.bits == 8 and groups.scales.shape[1] == 1 and groups.perm is None:
         return Int8ChannelWeight(groups, dtype).to(device)
     if groups.bits <= 4:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from tokenyard.runtime.layers.linear import Embedding, Linear
 from tokenyard.runtime.quantization.groups import quantize_int4, quantize_int8_per_channel
-from tokenyard.runtime.quantization.kernels import Int8ChannelWeight
 from torch import nn
 
 
@@ -22,8 +21,7 @@ def quantize_linears(model: nn.Module, method: str, group_size: int) -> None:
         tied = embedding.weight is not None and weight.data_ptr() == embedding.weight.data_ptr()
         module.load_quantized(groups)
         if tied and getattr(getattr(embedding, "tp", None), "size", 1) == 1:  # sharded lookups stay float
-            kernel = module.quantized
-            embedding.load_quantized(kernel.as_rows() if isinstance(kernel, Int8ChannelWeight) else groups)
+            embedding.load_quantized(module.quantized.shared_rows() or groups)
 
 
 def tie_lm_head_to_quantized_embedding(model: nn.Module) -> None:

@@ -1,14 +1,15 @@
 """The torch attention backend against plain causal attention computed per sequence, across its paths:
-few decode rows (SDPA), many rows, rows sharing a cached prefix (cascade), and prefill chunks, with a float
-cache and an int8 one."""
+few decode rows (our CPU kernel reading the paged cache in place, or SDPA without it), many rows, rows
+sharing a cached prefix (cascade), and prefill chunks, with a float cache and an int8 one."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tokenyard.runtime.layers import attention
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
 
-BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 8
+BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 16
 
 
 def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_position: int) -> torch.Tensor:
@@ -25,15 +26,19 @@ def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_
     ("contexts", "new_tokens", "shared_blocks"),
     [
         ([9], [1], 0),  # one decode row
+        ([5, 13, 22], [1, 1, 1], 0),  # a few decode rows
         ([5, 13, 22] * 4, [1] * 12, 0),  # many decode rows, nothing shared
         ([12, 17, 30, 9], [1, 1, 1, 1], 2),  # decode rows sharing two cached blocks (cascade)
         ([12, 17, 9, 20], [1, 1, 6, 20], 2),  # decodes, a prefill chunk after a cached prefix, a fresh prefill
     ],
-    ids=["one-decode", "many-decodes", "shared-prefix", "mixed"],
+    ids=["one-decode", "few-decodes", "many-decodes", "shared-prefix", "mixed"],
 )
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
-def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv_cache_dtype):
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["kernels", "eager"])
+def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv_cache_dtype, cpu_kernels, monkeypatch):
     """With an int8 cache the reference reads the dequantized cache: what the backend stored, new tokens included."""
+    if not cpu_kernels:
+        monkeypatch.setattr(attention, "kernels_for", lambda x: None)
     torch.manual_seed(0)
     cache = torch.randn(2, 64 * BS, KV_HEADS, DIM)
     if kv_cache_dtype != "auto":

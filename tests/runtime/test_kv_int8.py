@@ -47,15 +47,20 @@ def test_the_same_budget_holds_about_twice_the_blocks(head_dim_64_dir):
     assert int8.engine.runner.kv_caches[0].dtype == torch.int8
 
 
-def test_greedy_tokens_match_the_float_cache(smollm2_gguf, llm_fp32):
+NEAR_TIE = 0.05
+
+
+def test_greedy_tokens_match_the_float_cache_except_at_near_ties(smollm2_gguf, llm_fp32):
     """On the real SmolLM2 (float32): batched decodes sharing the cached system prompt (cascade), then
-    the same conversations again from the prefix cache in small chunks (prefill after cached context)."""
+    the same conversations again from the prefix cache in small chunks (prefill after cached context).
+    The int8 cache's rounding may flip only a choice the float model itself nearly tied on (top two within
+    NEAR_TIE in logprob); up to such a point the tokens are the same, and each sequence must get there."""
     conversations = [
         [{"role": "system", "content": CLASSIFIER_SYSTEM}, {"role": "user", "content": turn}]
         for turn in ("Reply: Yes! The sky is blue and I love it!", "Reply: three", "Reply: Why is this so boring.")
     ]
-    params = SamplingParams(temperature=0, max_tokens=24)
-    reference = [o.outputs[0].token_ids for o in llm_fp32.chat(conversations, params)]
+    params = SamplingParams(temperature=0, max_tokens=24, logprobs=2)
+    reference = [o.outputs[0] for o in llm_fp32.chat(conversations, params)]
     llm = LLM(
         str(smollm2_gguf),
         dtype="float32",
@@ -66,7 +71,14 @@ def test_greedy_tokens_match_the_float_cache(smollm2_gguf, llm_fp32):
     )
     for _ in range(2):  # the second round starts from the prefix cache
         outs = llm.chat(conversations, params)
-        assert [o.outputs[0].token_ids for o in outs] == reference
+        for out, expected in zip(outs, reference, strict=True):
+            ours, theirs = out.outputs[0].token_ids, expected.token_ids
+            if ours == theirs:
+                continue
+            same = next(i for i, (a, b) in enumerate(zip([*ours, None], [*theirs, None], strict=False)) if a != b)
+            assert 8 <= same < len(theirs), f"diverged from the float cache at token {same}"
+            first, second = sorted(expected.logprobs[same].values(), reverse=True)[:2]
+            assert first - second < NEAR_TIE, f"token {same} flipped with a margin of {first - second:.3f}"
     assert all(o.num_cached_tokens >= 64 for o in outs)
 
 

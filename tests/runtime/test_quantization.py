@@ -265,7 +265,8 @@ def test_weight_memory_of_the_linears_halves_with_int8_and_quarters_with_int4(ti
         return loaded.weights_bytes - embedding
 
     bf16 = linear_bytes()
-    assert linear_bytes(quantization="int8") / bf16 < 0.52
+    # one byte per weight plus a float32 scale per row: this model's rows are 64 wide (SmolLM2's: 576 and up)
+    assert linear_bytes(quantization="int8") / bf16 < (64 + 4) / 128 + 0.01
     assert linear_bytes(quantization="int4", quantization_group_size=128) / bf16 < 0.3  # + a scale and zero per row
 
 

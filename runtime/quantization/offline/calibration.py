@@ -67,7 +67,7 @@ class CalibrationBatch:
         tokens = num_seqs * seq_len
         config = model.config
         self.input_ids = sequences.flatten()
-        self.angles = model.rotary.angles(torch.arange(seq_len).repeat(num_seqs), torch.float32)
+        self.angles = model.rotary.angles(torch.arange(seq_len).repeat(num_seqs))
         self.kv_cache = torch.zeros(2, tokens, config.num_kv_heads, config.head_dim)
         self.meta = AttentionMetadata(
             slot_mapping=torch.arange(tokens),

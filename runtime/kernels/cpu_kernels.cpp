@@ -1,0 +1,477 @@
+// Hand-written AVX-512 kernels for batch-1 (and small-batch) CPU decoding.
+//
+// Decoding a small model on a CPU is bound by two things: streaming the weights from memory once per
+// token, and the fixed cost of the ~25 small tensor ops per layer around the matmuls. PyTorch's packed
+// quantized kernels stream int8 and int4 weights well below memory bandwidth at M=1, and each eager op
+// costs microseconds of dispatch. These kernels do both jobs in one pass each:
+//
+// * quantized_linear: y = x @ W.T for W[n, k] = code[n, k] * scale[n, g] + min[n, g] (g = k / group),
+//   computed as sum_g scale * (codes . x) + sum_g min * sum(x in g), so codes are converted to float once
+//   per weight and multiplied by every row of x while they sit in registers. 8-bit codes are stored as
+//   int8 (code - 128, folded into min); 4-bit codes two per byte: in each run of 32 codes, byte i holds
+//   code i in its low nibble and code i + 16 in its high one.
+// * rms_norm / add_rms_norm, rotary, silu_and_mul, and decode attention over the paged KV cache: one
+//   call where eager PyTorch needs five to fifteen.
+//
+// Everything accumulates in float32; bfloat16 results are rounded once, at the end.
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// The dtypes the runtime computes in on a CPU (float16 matmuls are ~1000x slower there).
+#define FLOAT_OR_BFLOAT16(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+constexpr int64_t kRowsPerCall = 8;   // rows of x that share one pass over a block of weights
+constexpr int64_t kRowBlock = 16;     // weight rows kept hot while every chunk of x rows passes over them
+constexpr int64_t kPrefetchRows = 32;  // how far ahead the next weight rows are fetched (tuned here)
+
+// What one call needs besides the codes: x as float32 (and, for the bfloat16 path, reordered bfloat16),
+// the per-group sums of x that the mins multiply, and where results go.
+struct Problem {
+  const uint8_t* codes;
+  const void* scales;       // float32, or bfloat16 (bfloat16 models: fewer bytes to stream)
+  const void* mins;         // the same dtype; nullptr for symmetric codes
+  bool bf16_scales;
+  const float* x;           // (M, K) float32
+  const uint16_t* x_pairs;  // (M, K) bfloat16 bits in the 4-bit layout's lane order, or nullptr
+  const float* xsum;        // (M, groups)
+  int64_t K, N, group, groups;
+};
+
+template <typename T>
+inline void store(T* out, float value) {
+  *out = T(value);
+}
+
+inline float read(const void* values, bool bf16, int64_t i) {
+  return bf16 ? float(static_cast<const c10::BFloat16*>(values)[i]) : static_cast<const float*>(values)[i];
+}
+
+inline float offset_of(const Problem& p, int64_t n, int64_t m) {
+  if (p.mins == nullptr) return 0.f;  // symmetric codes: a code of 0 is a weight of 0
+  float offset = 0.f;
+  for (int64_t g = 0; g < p.groups; ++g) offset += read(p.mins, p.bf16_scales, n * p.groups + g) * p.xsum[m * p.groups + g];
+  return offset;
+}
+
+// Rows are read side by side, which hides them from the hardware prefetcher: fetch ahead explicitly
+// (a prefetch past the end of the weight never faults).
+inline void prefetch(const uint8_t* address) { _mm_prefetch(reinterpret_cast<const char*>(address), _MM_HINT_T0); }
+
+// 32 codes of a row at column k as two vectors of 16 floats (columns k..k+15 and k+16..k+31).
+template <int Bits>
+inline void load_codes(const uint8_t* row, int64_t k, __m512& first, __m512& second) {
+  if constexpr (Bits == 8) {
+    first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))));
+    second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 16))));
+  } else {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k / 2)));
+    first = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    second = _mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+  }
+}
+
+// float32 FMAs: R weight rows against M rows of x at once, R * M * 2 independent FMA chains.
+template <int Bits, int M, int R, typename T>
+void rows_float(const Problem& p, int64_t n, T* out) {
+  const int64_t row_bytes = Bits == 8 ? p.K : p.K / 2;
+  __m512 total[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.groups; ++g) {
+    __m512 even[R][M], odd[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) even[r][m] = odd[r][m] = _mm512_setzero_ps();
+    for (int64_t k = g * p.group; k < (g + 1) * p.group; k += 32) {
+      for (int r = 0; r < R; ++r) {
+        if ((k * Bits / 8) % 64 == 0) prefetch(p.codes + (n + r + kPrefetchRows) * row_bytes + k * Bits / 8);
+        __m512 first, second;
+        load_codes<Bits>(p.codes + (n + r) * row_bytes, k, first, second);
+        for (int m = 0; m < M; ++m) {
+          even[r][m] = _mm512_fmadd_ps(first, _mm512_loadu_ps(p.x + m * p.K + k), even[r][m]);
+          odd[r][m] = _mm512_fmadd_ps(second, _mm512_loadu_ps(p.x + m * p.K + k + 16), odd[r][m]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 scale = _mm512_set1_ps(read(p.scales, p.bf16_scales, (n + r) * p.groups + g));
+      for (int m = 0; m < M; ++m)
+        total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(even[r][m], odd[r][m]), scale, total[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+}
+
+// 4-bit codes against bfloat16 x: codes become exact bfloat16 through a 16-entry table (vpermw) and
+// vdpbf16ps multiplies 32 pairs per instruction, twice the float32 FMA rate. 64 columns at a time (two
+// runs of 32): the low nibbles are columns k..k+15 and k+32..k+47, the high ones k+16..k+31 and
+// k+48..k+63, which is the order x_pairs holds x in. With groups of 32 the two runs' scales differ, so
+// the upper eight float lanes take the second run's scale.
+template <int M, int R, bool kGroupsOf32, typename T>
+__attribute__((target("avx512bf16"))) void rows_bf16(const Problem& p, int64_t n, T* out) {
+  const int64_t row_bytes = p.K / 2;
+  __m512i table = _mm512_setzero_si512();
+  alignas(64) uint16_t entries[32];
+  for (int c = 0; c < 32; ++c) entries[c] = c10::BFloat16(float(c % 16)).x;
+  table = _mm512_load_si512(entries);
+  const __m512i low_nibble = _mm512_set1_epi16(15);
+  __m512 total[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
+  const int64_t step = kGroupsOf32 ? 64 : p.group;
+  for (int64_t k0 = 0; k0 < p.K; k0 += step) {
+    __m512 low[R][M], high[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) low[r][m] = high[r][m] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < k0 + step; k += 64) {
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* bytes = p.codes + (n + r) * row_bytes + k / 2;
+        if (k % 128 == 0) prefetch(bytes + kPrefetchRows * row_bytes);  // once per 64-byte line
+        const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+        const __m512bh w_low = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(words, low_nibble), table);
+        const __m512bh w_high = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);
+        for (int m = 0; m < M; ++m) {
+          const uint16_t* x = p.x_pairs + m * p.K + k;
+          low[r][m] = _mm512_dpbf16_ps(low[r][m], w_low, (__m512bh)_mm512_loadu_si512(x));
+          high[r][m] = _mm512_dpbf16_ps(high[r][m], w_high, (__m512bh)_mm512_loadu_si512(x + 32));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t g = (n + r) * p.groups + k0 / p.group;
+      const __m512 first = _mm512_set1_ps(read(p.scales, p.bf16_scales, g));
+      const __m512 scales =
+          kGroupsOf32 ? _mm512_mask_blend_ps(0xFF00, first, _mm512_set1_ps(read(p.scales, p.bf16_scales, g + 1))) : first;
+      for (int m = 0; m < M; ++m)
+        total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(low[r][m], high[r][m]), scales, total[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+}
+
+// Weight rows [n_begin, n_end) against M (1..8) rows of x: four weight rows at a time for one or two
+// rows of x, fewer as M grows (32 vector registers).
+template <int Bits, int M, typename T>
+void block(const Problem& p, int64_t n_begin, int64_t n_end, T* out) {
+  constexpr int R = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  auto rows = [&](auto width, int64_t n) {
+    constexpr int W = decltype(width)::value;
+    if (Bits == 4 && p.x_pairs != nullptr) {
+      if (p.group == 32)
+        rows_bf16<M, W, true>(p, n, out);
+      else
+        rows_bf16<M, W, false>(p, n, out);
+    } else {
+      rows_float<Bits, M, W>(p, n, out);
+    }
+  };
+  int64_t n = n_begin;
+  for (; n + R <= n_end; n += R) rows(std::integral_constant<int, R>{}, n);
+  for (; n < n_end; ++n) rows(std::integral_constant<int, 1>{}, n);
+}
+
+template <int Bits, typename T>
+void block_of_rows(int64_t rows_of_x, const Problem& p, int64_t n_begin, int64_t n_end, T* out) {
+  switch (rows_of_x) {
+#define TOKENYARD_ROWS(M)                          \
+  case M:                                          \
+    block<Bits, M>(p, n_begin, n_end, out); \
+    break;
+    TOKENYARD_ROWS(1)
+    TOKENYARD_ROWS(2)
+    TOKENYARD_ROWS(3)
+    TOKENYARD_ROWS(4)
+    TOKENYARD_ROWS(5)
+    TOKENYARD_ROWS(6)
+    TOKENYARD_ROWS(7)
+    TOKENYARD_ROWS(8)
+#undef TOKENYARD_ROWS
+  }
+}
+
+bool has_bf16_dot() {
+  static const bool supported = __builtin_cpu_supports("avx512bf16");
+  return supported;
+}
+
+// x: (..., K) float32 or bfloat16; codes: (N, K) int8 for bits=8, (N, K/2) uint8 for bits=4; scales, mins:
+// (N, K/group) float32 or bfloat16 (both the same), mins empty for symmetric codes. Returns (..., N) in x's dtype.
+at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
+                            const at::Tensor& mins, int64_t bits, int64_t group) {
+  TORCH_CHECK(x_in.dim() >= 1 && codes.dim() == 2 && codes.is_contiguous(), "x must be (..., K), codes 2-D");
+  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
+  const int64_t K = x_in.size(-1), M = x_in.numel() / K, N = codes.size(0);
+  const at::Tensor x = x_in.contiguous();
+  TORCH_CHECK(group % 32 == 0 && K % group == 0, "group must be a multiple of 32 dividing K=", K, ", got ", group);
+  TORCH_CHECK(codes.size(1) == (bits == 8 ? K : K / 2), "codes do not match K=", K);
+  const int64_t groups = K / group;
+  const bool symmetric = mins.numel() == 0;
+  TORCH_CHECK(scales.is_contiguous() && mins.is_contiguous() && scales.numel() == N * groups &&
+                  (symmetric || mins.numel() == N * groups),
+              "scales and mins must be contiguous (N, K / group) (mins empty for symmetric codes)");
+  const bool bf16_scales = scales.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((bf16_scales || scales.scalar_type() == at::kFloat) && (symmetric || mins.scalar_type() == scales.scalar_type()),
+              "scales and mins must both be float32 or both bfloat16");
+  std::vector<float> xf(M * K), xsum(M * groups, 0.f);
+  std::vector<uint16_t> pairs;
+  const bool bf16_dot = bits == 4 && x.scalar_type() == at::kBFloat16 && K % 64 == 0 &&
+                        (group == 32 || group % 64 == 0) && has_bf16_dot();
+  if (bf16_dot) pairs.resize(M * K);
+  FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < M * K; ++i) xf[i] = float(in[i]);
+  });
+  if (bf16_dot) {  // per 64 columns: 0..15, 32..47, 16..31, 48..63 (see rows_bf16)
+    static constexpr int64_t kFrom[4] = {0, 32, 16, 48};
+    const auto* raw = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    for (int64_t i = 0; i < M * K; i += 64)
+      for (int q = 0; q < 4; ++q)
+        for (int j = 0; j < 16; ++j) pairs[i + 16 * q + j] = raw[i + kFrom[q] + j];
+  }
+  if (!symmetric)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xsum[m * groups + k / group] += xf[m * K + k];
+  const Problem p{reinterpret_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr(),
+                  symmetric ? nullptr : mins.data_ptr(), bf16_scales,
+                  xf.data(), bf16_dot ? pairs.data() : nullptr, xsum.data(), K, N, group, groups};
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  at::Tensor out = at::empty(out_shape, x.options());
+  FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
+    scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t block_begin, int64_t block_end) {
+      for (int64_t b = block_begin; b < block_end; ++b) {
+        const int64_t n_begin = b * kRowBlock, n_end = std::min(N, n_begin + kRowBlock);
+        for (int64_t m = 0; m < M; m += kRowsPerCall) {
+          Problem rows = p;
+          rows.x += m * K;
+          rows.xsum += m * groups;
+          if (rows.x_pairs != nullptr) rows.x_pairs += m * K;
+          const int64_t count = std::min(kRowsPerCall, M - m);
+          if (bits == 8)
+            block_of_rows<8>(count, rows, n_begin, n_end, out_ptr + m * N);
+          else
+            block_of_rows<4>(count, rows, n_begin, n_end, out_ptr + m * N);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// ---- the small ops around the matmuls (float32 inside, one rounding to the tensor's dtype) ----
+
+template <typename T>
+void rms_norm_row(const T* x, const T* weight, T* out, int64_t size, double eps) {
+  float squares = 0.f;
+  for (int64_t i = 0; i < size; ++i) squares += float(x[i]) * float(x[i]);
+  const float inverse = 1.f / std::sqrt(squares / size + float(eps));
+  // normalised, rounded to T, then times the weight: the order the reference implementation rounds in
+  for (int64_t i = 0; i < size; ++i) out[i] = T(float(T(float(x[i]) * inverse)) * float(weight[i]));
+}
+
+// RMSNorm of each row of x (sum == nullptr), or of residual + x, written to sum as well.
+void rms_norm_rows(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight, double eps,
+                   at::Tensor& out, at::Tensor* sum) {
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous() && weight.scalar_type() == x.scalar_type(),
+              "rms_norm takes a contiguous x and a weight of its dtype");
+  const int64_t size = x.size(-1), rows = x.numel() / size;
+  FLOAT_OR_BFLOAT16(x.scalar_type(), "rms_norm", [&] {
+    const scalar_t *in = x.data_ptr<scalar_t>(), *w = weight.data_ptr<scalar_t>();
+    const scalar_t* add = residual ? residual->data_ptr<scalar_t>() : nullptr;
+    scalar_t* added = sum ? sum->data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = in + r * size;
+        if (added != nullptr) {
+          for (int64_t i = 0; i < size; ++i) added[r * size + i] = scalar_t(float(add[r * size + i]) + float(row[i]));
+          row = added + r * size;
+        }
+        rms_norm_row(row, w, o + r * size, size, eps);
+      }
+    });
+  });
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor out = at::empty_like(x);
+  rms_norm_rows(x, nullptr, weight, eps, out, nullptr);
+  return out;
+}
+
+// (RMSNorm(residual + x), residual + x): the decoder's residual add and the norm after it in one pass.
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                                const at::Tensor& weight, double eps) {
+  TORCH_CHECK(residual.is_contiguous() && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
+              "the residual must be a contiguous tensor of x's shape and dtype");
+  at::Tensor out = at::empty_like(x), sum = at::empty_like(x);
+  rms_norm_rows(x, &residual, weight, eps, out, &sum);
+  return {out, sum};
+}
+
+// Rotate-half rotary embedding in place on the query and key heads of a fused q|k|v projection output
+// (tokens, (heads + 2 * kv_heads) * dim); cos and sin: (tokens, dim / 2) float32.
+void rotary_(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t heads, int64_t kv_heads,
+             int64_t dim) {
+  TORCH_CHECK(qkv.is_contiguous() && cos.is_contiguous() && sin.is_contiguous(), "rotary takes contiguous tensors");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat, "cos and sin must be float32");
+  const int64_t tokens = qkv.size(0), width = qkv.size(1), half = dim / 2, rotated = heads + kv_heads;
+  FLOAT_OR_BFLOAT16(qkv.scalar_type(), "rotary", [&] {
+    scalar_t* base = qkv.data_ptr<scalar_t>();
+    const float *c = cos.data_ptr<float>(), *s = sin.data_ptr<float>();
+    at::parallel_for(0, tokens, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for (int64_t h = 0; h < rotated; ++h) {
+          scalar_t* x = base + t * width + h * dim;
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = float(x[i]), b = float(x[i + half]), ci = c[t * half + i], si = s[t * half + i];
+            x[i] = scalar_t(a * ci - b * si);
+            x[i + half] = scalar_t(b * ci + a * si);
+          }
+        }
+      }
+    });
+  });
+}
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {  // bfloat16 is the upper half of a float32
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(c10::BFloat16* p, __m512 v) {  // round to nearest even, as c10::BFloat16 does
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+}
+
+// exp(x) for 16 floats: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (~1e-7 relative).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.f)), _mm512_set1_ps(-88.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts: exact n * ln2_hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// silu(gate) * up for a fused gate|up projection output (tokens, 2 * size), size a multiple of 16.
+at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.is_contiguous() && gate_up.size(-1) % 32 == 0,
+              "silu_and_mul takes a contiguous (tokens, 2 * size) tensor, size a multiple of 16");
+  const int64_t tokens = gate_up.size(0), size = gate_up.size(1) / 2;
+  at::Tensor out = at::empty({tokens, size}, gate_up.options());
+  FLOAT_OR_BFLOAT16(gate_up.scalar_type(), "silu_and_mul", [&] {
+    const scalar_t* in = gate_up.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t chunks = size / 16;
+    // a decode step's few thousand values are done before a second thread would have woken up
+    at::parallel_for(0, tokens * chunks, 512, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t t = c / chunks, i = (c % chunks) * 16;
+        const __m512 gate = load16(in + t * 2 * size + i), up = load16(in + t * 2 * size + size + i);
+        const __m512 sigmoid = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_add_ps(_mm512_set1_ps(1.f), exp16(-gate)));
+        store16(o + t * size + i, _mm512_mul_ps(_mm512_mul_ps(gate, sigmoid), up));
+      }
+    });
+  });
+  return out;
+}
+
+// Keys and values of new tokens into their cache slots: kv_cache (2, slots, kv_heads, dim); k, v
+// (tokens, kv_heads, dim), possibly strided views of the fused projection output.
+void write_kv_cache(at::Tensor& kv_cache, const at::Tensor& slots, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(kv_cache.is_contiguous() && slots.scalar_type() == at::kLong, "kv_cache contiguous, slots int64");
+  TORCH_CHECK(k.scalar_type() == kv_cache.scalar_type() && v.scalar_type() == kv_cache.scalar_type(),
+              "keys and values must have the cache's dtype");
+  const int64_t tokens = k.size(0), kv_heads = k.size(1), dim = k.size(2), half = kv_cache.size(1);
+  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == dim && v.stride(1) == dim,
+              "each token's key and value heads must be contiguous");
+  FLOAT_OR_BFLOAT16(kv_cache.scalar_type(), "write_kv_cache", [&] {
+    scalar_t* cache = kv_cache.data_ptr<scalar_t>();
+    const int64_t* slot = slots.data_ptr<int64_t>();
+    const int64_t entry = kv_heads * dim;
+    for (int64_t t = 0; t < tokens; ++t) {
+      TORCH_CHECK(slot[t] >= 0 && slot[t] < half, "slot ", slot[t], " is outside the cache");
+      std::copy_n(k.data_ptr<scalar_t>() + t * k.stride(0), entry, cache + slot[t] * entry);
+      std::copy_n(v.data_ptr<scalar_t>() + t * v.stride(0), entry, cache + (half + slot[t]) * entry);
+    }
+  });
+}
+
+// One query token per row attending to its context straight from the paged cache (no gathered copy):
+// q (rows, heads, dim); kv_cache (2, slots, kv_heads, dim); slots (rows, longest) int64, the cache
+// slot of each context position; lengths (rows,) int64. Grouped-query heads share their KV head.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& slots,
+                            const at::Tensor& lengths, double scale) {
+  TORCH_CHECK(kv_cache.is_contiguous() && slots.is_contiguous() && lengths.is_contiguous(),
+              "decode_attention takes a contiguous cache, slots and lengths");
+  TORCH_CHECK(q.stride(2) == 1, "query heads must be contiguous in dim");
+  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
+  TORCH_CHECK(dim % 16 == 0 && dim <= 256, "decode_attention takes head_dim a multiple of 16 up to 256, got ", dim);
+  const int64_t kv_heads = kv_cache.size(2), half = kv_cache.size(1), group = heads / kv_heads;
+  const int64_t longest = slots.size(1), chunks = dim / 16;
+  at::Tensor out = at::empty({rows, heads, dim}, q.options());
+  FLOAT_OR_BFLOAT16(q.scalar_type(), "decode_attention", [&] {
+    const scalar_t* cache = kv_cache.data_ptr<scalar_t>();
+    const int64_t* slot = slots.data_ptr<int64_t>();
+    const int64_t* length = lengths.data_ptr<int64_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(longest);
+      __m512 query[16], acc[16];
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t r = index / heads, h = index % heads, kvh = h / group, n = length[r];
+        const scalar_t* qh = q.data_ptr<scalar_t>() + r * q.stride(0) + h * q.stride(1);
+        for (int64_t c = 0; c < chunks; ++c) query[c] = _mm512_mul_ps(load16(qh + 16 * c), _mm512_set1_ps(scale));
+        float top = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) {
+          const scalar_t* key = cache + (slot[r * longest + j] * kv_heads + kvh) * dim;
+          __m512 dot = _mm512_mul_ps(query[0], load16(key));
+          for (int64_t c = 1; c < chunks; ++c) dot = _mm512_fmadd_ps(query[c], load16(key + 16 * c), dot);
+          scores[j] = _mm512_reduce_add_ps(dot);
+          top = std::max(top, scores[j]);
+        }
+        float total = 0.f;
+        for (int64_t c = 0; c < chunks; ++c) acc[c] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+          const float weight = std::exp(scores[j] - top);
+          total += weight;
+          const scalar_t* value = cache + ((half + slot[r * longest + j]) * kv_heads + kvh) * dim;
+          for (int64_t c = 0; c < chunks; ++c)
+            acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(weight), load16(value + 16 * c), acc[c]);
+        }
+        float result[256];
+        for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(result + 16 * c, acc[c]);
+        scalar_t* oh = o + (r * heads + h) * dim;
+        for (int64_t d = 0; d < dim; ++d) oh[d] = scalar_t(result[d] / total);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("quantized_linear", &quantized_linear, "y = x @ W.T for a groupwise 4- or 8-bit weight");
+  m.def("rms_norm", &rms_norm, "RMSNorm");
+  m.def("add_rms_norm", &add_rms_norm, "(RMSNorm(residual + x), residual + x)");
+  m.def("rotary_", &rotary_, "rotate-half rotary embedding of q and k, in place");
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up");
+  m.def("write_kv_cache", &write_kv_cache, "new keys and values into their cache slots");
+  m.def("decode_attention", &decode_attention, "one query per row over its paged context");
+}

@@ -1,0 +1,164 @@
+"""tokenyard's own CPU kernels (runtime/kernels) compute what the PyTorch code they replace computes: the
+quantized matmul against the dequantized weight, the small ops against their eager formulas, and a whole
+model the same greedy tokens with the kernels on and off. PyTorch's own packed kernels, which serve where
+ours cannot run, are held to the same reference."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.kernels import cpu_kernels
+from tokenyard.runtime.layers import activation, attention, norm, rotary
+from tokenyard.runtime.quantization.groups import AffineGroups, quantize_int4, quantize_int8_per_channel
+from tokenyard.runtime.quantization.kernels import (
+    CpuGroupWeight,
+    Int4GroupWeight,
+    Int8ChannelWeight,
+    Int8GroupWeight,
+    make_quantized_weight,
+)
+
+pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels need AVX-512 and a C++ compiler")
+
+CPU = torch.device("cpu")
+
+
+def reference_matmul(x: torch.Tensor, groups: AffineGroups) -> torch.Tensor:
+    weight = groups.dequantize().double()
+    if groups.perm is not None:  # codes are stored in act-order; put the columns back where x has them
+        weight = torch.empty_like(weight).index_copy_(1, groups.perm, weight)
+    return x.double() @ weight.T
+
+
+def random_groups(bits: int, out_features: int, in_features: int, group_size: int, act_order: bool = False):
+    torch.manual_seed(bits * 1000 + in_features + group_size)
+    groups = in_features // group_size
+    codes = torch.randint(0, 2**bits, (out_features, in_features), dtype=torch.uint8)
+    scales = torch.rand(out_features, groups) * 0.02 + 1e-3
+    mins = torch.randn(out_features, groups) * 0.02
+    perm = torch.randperm(in_features) if act_order else None
+    return AffineGroups(codes, scales, mins, bits, group_size, perm)
+
+
+def assert_matches(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """float32: to rounding; bfloat16: to the output's own rounding (a relative 2**-8)."""
+    scale = expected.abs().max().item()
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-7
+    assert (out.double() - expected).abs().max().item() <= tolerance * scale
+
+
+@pytest.mark.parametrize(
+    ("bits", "out_features", "in_features", "group_size"),
+    [
+        (4, 96, 576, 32),  # SmolLM2's K in groups of 32: the bfloat16 path's two scales per 64 columns
+        (4, 61, 576, 64),  # rows that do not fill the last block of four
+        (4, 40, 192, 96),  # a group size that is not a multiple of 64: the float32 path
+        (8, 50, 576, 576),  # per-channel int8
+        (8, 33, 256, 32),  # groupwise 8-bit (GGUF Q8_0)
+    ],
+)
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 11])  # every register blocking, and more rows than one pass takes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in_features, group_size, rows, dtype):
+    groups = random_groups(bits, out_features, in_features, group_size)
+    weight = CpuGroupWeight(groups, group_size, dtype)
+    if dtype == torch.bfloat16:  # the weight is what its bfloat16 scales and mins describe
+        groups = replace(groups, scales=groups.scales.bfloat16().float(), mins=groups.mins.bfloat16().float())
+    x = torch.randn(rows, in_features).to(dtype)
+    out = weight.forward(x)
+    assert out.dtype == dtype and out.shape == (rows, out_features)
+    assert_matches(out, reference_matmul(x, groups), dtype)
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        quantize_int8_per_channel(torch.randn(80, 576)),
+        quantize_int4(torch.randn(80, 576), 128),  # K = 576 is not whole groups of 128: served as groups of 64
+        quantize_int4(torch.randn(48, 200), 32),  # K padded to whole groups
+        random_groups(4, 64, 256, 64, act_order=True),  # GPTQ act-order: x gathered by the permutation
+        random_groups(8, 32, 128, 32),  # Q8_0
+    ],
+    ids=["int8-channel", "int4-g128-k576", "int4-padded-k", "gptq-act-order", "q8_0"],
+)
+def test_every_quantized_format_gets_a_kernel_that_computes_its_weight(groups):
+    """Ours where it serves the format, and PyTorch's (the fallback elsewhere) held to the same reference."""
+    ours = make_quantized_weight(groups, torch.float32, CPU)
+    assert isinstance(ours, CpuGroupWeight)
+    if groups.bits == 8 and groups.scales.shape[1] == 1:
+        theirs = Int8ChannelWeight(groups, torch.float32)
+    elif groups.bits == 8:
+        theirs = Int8GroupWeight(groups, torch.float32, CPU)
+    else:
+        theirs = Int4GroupWeight(groups, torch.float32, CPU)
+    x = torch.randn(5, groups.in_features)
+    expected = reference_matmul(x, groups)
+    for kernel in (ours, theirs):
+        torch.testing.assert_close(kernel.forward(x).double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_shared_int8_table_looks_up_the_rows_the_matmul_uses():
+    groups = quantize_int8_per_channel(torch.randn(64, 96))
+    weight = make_quantized_weight(groups, torch.float32, CPU)
+    ids = torch.tensor([0, 5, 63])
+    torch.testing.assert_close(weight.shared_rows().rows(ids, torch.float32), groups.dequantize()[ids])
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """Turns our kernels off for the small ops, as on a machine without them."""
+
+    def without_kernels() -> None:
+        for module in (activation, attention, norm, rotary):
+            monkeypatch.setattr(module, "kernels_for", lambda x: None)
+
+    return without_kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_ops_compute_their_eager_formulas(eager, dtype):
+    torch.manual_seed(0)
+    heads, kv_heads, dim, tokens = 6, 2, 64, 5
+    x, residual = torch.randn(tokens, 576).to(dtype), torch.randn(tokens, 576).to(dtype)
+    layer_norm = norm.RMSNorm(576, 1e-5).to(dtype)
+    layer_norm.weight.data.uniform_(0.5, 1.5)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim).to(dtype)
+    angles = rotary.RotaryEmbedding(dim, 64, 10000.0).angles(torch.tensor([0, 3, 7, 20, 63]))
+    gate_up = (torch.randn(tokens, 2 * 1536) * 4).to(dtype)
+
+    def run() -> list[torch.Tensor]:
+        return [
+            layer_norm(x),
+            *layer_norm.add_and_norm(x, residual),
+            *rotary.rotate_queries_and_keys(qkv.clone(), angles, heads, kv_heads, dim),
+            activation.silu_and_mul(gate_up),
+        ]
+
+    ours = run()
+    eager()
+    theirs = run()
+    # float32 to rounding; bfloat16 within one rounding of the output (the kernels round once, not per op)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2**-7}
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), **tolerance)
+
+
+def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama_dir, eager):
+    """float32, batched, across decode and prefill steps (the kernels serve both)."""
+    prompts = ["The cat sat on", "Once upon a time, in a small village by the sea, there lived", "Hello"]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+
+    def generate() -> list:
+        llm = LLM(str(tiny_llama_dir), dtype="float32", max_num_seqs=4, kv_cache_memory_bytes=4 << 20)
+        return [o.outputs[0] for o in llm.generate(prompts, params)]
+
+    ours = generate()
+    eager()
+    theirs = generate()
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.token_ids == b.token_ids
+        for token, step_a, step_b in zip(a.token_ids, a.logprobs, b.logprobs, strict=True):
+            assert step_a[token] == pytest.approx(step_b[token], abs=1e-4)
