@@ -28,8 +28,17 @@ namespace {
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 constexpr int64_t kRowsPerCall = 8;   // rows of x that share one pass over a block of weights
-constexpr int64_t kRowBlock = 16;     // weight rows kept hot while every chunk of x rows passes over them
+constexpr int64_t kRowBlock = 16;     // the unit of work a thread takes
 constexpr int64_t kPrefetchRows = 32;  // how far ahead the next weight rows are fetched (tuned here)
+constexpr int kFoldFromRows = 4;       // rows of x from which folding scales into the table pays (rows_bf16_folded)
+
+// Work below this many multiply-adds runs on the calling thread. A parallel region costs a few microseconds
+// when both cores are free, and a scheduler tick (milliseconds) when another process holds one of them
+// (a test client next to its server, a tokenizer thread): most decode steps' small ops are not worth it.
+constexpr int64_t kParallelWork = 1 << 16;
+
+// The grain that makes at::parallel_for run `items` serially below kParallelWork, split them above it.
+inline int64_t parallel_grain(int64_t items, int64_t work) { return work < kParallelWork ? std::max<int64_t>(items, 1) : 1; }
 
 // What one call needs besides the codes: x as float32 (and, for the bfloat16 path, reordered bfloat16),
 // the per-group sums of x that the mins multiply, and where results go.
@@ -39,7 +48,7 @@ struct Problem {
   const void* mins;         // the same dtype; nullptr for symmetric codes
   bool bf16_scales;
   const float* x;           // (M, K) float32
-  const uint16_t* x_pairs;  // (M, K) bfloat16 bits in the 4-bit layout's lane order, or nullptr
+  const uint16_t* x_pairs;  // (M, K) bfloat16 bits (4-bit codes: in their lanes' order), or nullptr
   const float* xsum;        // (M, groups)
   int64_t K, N, group, groups;
 };
@@ -53,11 +62,23 @@ inline float read(const void* values, bool bf16, int64_t i) {
   return bf16 ? float(static_cast<const c10::BFloat16*>(values)[i]) : static_cast<const float*>(values)[i];
 }
 
+// Up to 16 values from i on (masked: past the end reads nothing), float32 or bfloat16, as float32.
+inline __m512 load_values(const void* values, bool bf16, int64_t i, __mmask16 mask) {
+  if (!bf16) return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(values) + i);
+  const __m256i bits = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(values) + i);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// sum over groups of min * sum(x in the group): what the mins add to an output (none when symmetric).
 inline float offset_of(const Problem& p, int64_t n, int64_t m) {
   if (p.mins == nullptr) return 0.f;  // symmetric codes: a code of 0 is a weight of 0
-  float offset = 0.f;
-  for (int64_t g = 0; g < p.groups; ++g) offset += read(p.mins, p.bf16_scales, n * p.groups + g) * p.xsum[m * p.groups + g];
-  return offset;
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.groups; g += 16) {
+    const __mmask16 mask = p.groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.groups - g)) - 1);
+    const __m512 mins = load_values(p.mins, p.bf16_scales, n * p.groups + g, mask);
+    sum = _mm512_fmadd_ps(mins, _mm512_maskz_loadu_ps(mask, p.xsum + m * p.groups + g), sum);
+  }
+  return _mm512_reduce_add_ps(sum);
 }
 
 // Rows are read side by side, which hides them from the hardware prefetcher: fetch ahead explicitly
@@ -147,10 +168,80 @@ __attribute__((target("avx512bf16"))) void rows_bf16(const Problem& p, int64_t n
     for (int r = 0; r < R; ++r) {
       const int64_t g = (n + r) * p.groups + k0 / p.group;
       const __m512 first = _mm512_set1_ps(read(p.scales, p.bf16_scales, g));
-      const __m512 scales =
+      const __m512 scales =  // with groups of 32, lanes 8-15 take the second run's scale
           kGroupsOf32 ? _mm512_mask_blend_ps(0xFF00, first, _mm512_set1_ps(read(p.scales, p.bf16_scales, g + 1))) : first;
       for (int m = 0; m < M; ++m)
         total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(low[r][m], high[r][m]), scales, total[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+}
+
+// The same product for several rows of x, where per-group work would be paid once per row of x: each
+// 64-column chunk's table holds the dequantized weights themselves (scale and min folded in, rounded to
+// bfloat16, the precision a bfloat16 model's weights have), 16 entries for each of its two runs of 32
+// columns, so the rows of x only multiply and add. Any group size that is a multiple of 32.
+template <int M, int R, typename T>
+__attribute__((target("avx512bf16"))) void rows_bf16_folded(const Problem& p, int64_t n, T* out) {
+  const int64_t row_bytes = p.K / 2;
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i second_run = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
+  const __m512i low_nibble = _mm512_set1_epi16(15);
+  __m512 low[R][M], high[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) low[r][m] = high[r][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < p.K; k += 64) {
+    for (int r = 0; r < R; ++r) {
+      const int64_t first = (n + r) * p.groups + k / p.group, second = (n + r) * p.groups + (k + 32) / p.group;
+      const __m512 run_a = _mm512_fmadd_ps(codes, _mm512_set1_ps(read(p.scales, p.bf16_scales, first)),
+                                           _mm512_set1_ps(p.mins ? read(p.mins, p.bf16_scales, first) : 0.f));
+      const __m512 run_b = _mm512_fmadd_ps(codes, _mm512_set1_ps(read(p.scales, p.bf16_scales, second)),
+                                           _mm512_set1_ps(p.mins ? read(p.mins, p.bf16_scales, second) : 0.f));
+      const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(run_b, run_a);
+      const uint8_t* bytes = p.codes + (n + r) * row_bytes + k / 2;
+      if (k % 128 == 0) prefetch(bytes + kPrefetchRows * row_bytes);
+      const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+      const __m512i low_index = _mm512_or_si512(_mm512_and_si512(words, low_nibble), second_run);
+      const __m512i high_index = _mm512_or_si512(_mm512_srli_epi16(words, 4), second_run);
+      const __m512bh w_low = (__m512bh)_mm512_permutexvar_epi16(low_index, table);
+      const __m512bh w_high = (__m512bh)_mm512_permutexvar_epi16(high_index, table);
+      for (int m = 0; m < M; ++m) {
+        const uint16_t* x = p.x_pairs + m * p.K + k;
+        low[r][m] = _mm512_dpbf16_ps(low[r][m], w_low, (__m512bh)_mm512_loadu_si512(x));
+        high[r][m] = _mm512_dpbf16_ps(high[r][m], w_high, (__m512bh)_mm512_loadu_si512(x + 32));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(_mm512_add_ps(low[r][m], high[r][m])));
+}
+
+// 8-bit codes against several rows of bfloat16 x: codes are exact in bfloat16, so 32 of them become one
+// vector of pairs and each row of x takes one vdpbf16ps per 32 columns instead of two float32 FMAs.
+template <int M, int R, typename T>
+__attribute__((target("avx512bf16"))) void rows_bf16_int8(const Problem& p, int64_t n, T* out) {
+  __m512 total[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.groups; ++g) {
+    __m512 part[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) part[r][m] = _mm512_setzero_ps();
+    for (int64_t k = g * p.group; k < (g + 1) * p.group; k += 32) {
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* row = p.codes + (n + r) * p.K;
+        if (k % 64 == 0) prefetch(row + kPrefetchRows * p.K + k);
+        __m512 first, second;
+        load_codes<8>(row, k, first, second);
+        const __m512bh w = _mm512_cvtne2ps_pbh(second, first);
+        for (int m = 0; m < M; ++m)
+          part[r][m] = _mm512_dpbf16_ps(part[r][m], w, (__m512bh)_mm512_loadu_si512(p.x_pairs + m * p.K + k));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 scale = _mm512_set1_ps(read(p.scales, p.bf16_scales, (n + r) * p.groups + g));
+      for (int m = 0; m < M; ++m) total[r][m] = _mm512_fmadd_ps(part[r][m], scale, total[r][m]);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -164,7 +255,11 @@ void block(const Problem& p, int64_t n_begin, int64_t n_end, T* out) {
   constexpr int R = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
   auto rows = [&](auto width, int64_t n) {
     constexpr int W = decltype(width)::value;
-    if (Bits == 4 && p.x_pairs != nullptr) {
+    if (Bits == 8 && p.x_pairs != nullptr) {
+      rows_bf16_int8<M, W>(p, n, out);
+    } else if (Bits == 4 && p.x_pairs != nullptr && M >= kFoldFromRows) {
+      rows_bf16_folded<M, W>(p, n, out);
+    } else if (Bits == 4 && p.x_pairs != nullptr) {
       if (p.group == 32)
         rows_bf16<M, W, true>(p, n, out);
       else
@@ -222,8 +317,10 @@ at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, con
               "scales and mins must both be float32 or both bfloat16");
   std::vector<float> xf(M * K), xsum(M * groups, 0.f);
   std::vector<uint16_t> pairs;
-  const bool bf16_dot = bits == 4 && x.scalar_type() == at::kBFloat16 && K % 64 == 0 &&
-                        (group == 32 || group % 64 == 0) && has_bf16_dot();
+  const bool bf16_x = x.scalar_type() == at::kBFloat16 && has_bf16_dot();
+  // 4-bit codes: x reordered to the nibbles' lane order; 8-bit codes: x as it is, from a few rows up
+  const bool bf16_dot = bits == 4 && bf16_x && K % 64 == 0 && (group == 32 || group % 64 == 0);
+  const bool bf16_int8 = bits == 8 && bf16_x && M >= kFoldFromRows;
   if (bf16_dot) pairs.resize(M * K);
   FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
@@ -241,13 +338,16 @@ at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, con
       for (int64_t k = 0; k < K; ++k) xsum[m * groups + k / group] += xf[m * K + k];
   const Problem p{reinterpret_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr(),
                   symmetric ? nullptr : mins.data_ptr(), bf16_scales,
-                  xf.data(), bf16_dot ? pairs.data() : nullptr, xsum.data(), K, N, group, groups};
+                  xf.data(),
+                  bf16_dot ? pairs.data() : (bf16_int8 ? reinterpret_cast<const uint16_t*>(x.data_ptr()) : nullptr),
+                  xsum.data(), K, N, group, groups};
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = N;
   at::Tensor out = at::empty(out_shape, x.options());
   FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    at::parallel_for(0, (N + kRowBlock - 1) / kRowBlock, 1, [&](int64_t block_begin, int64_t block_end) {
+    const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, parallel_grain(blocks, M * N * K), [&](int64_t block_begin, int64_t block_end) {
       for (int64_t b = block_begin; b < block_end; ++b) {
         const int64_t n_begin = b * kRowBlock, n_end = std::min(N, n_begin + kRowBlock);
         for (int64_t m = 0; m < M; m += kRowsPerCall) {
@@ -430,7 +530,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache, con
     const int64_t* slot = slots.data_ptr<int64_t>();
     const int64_t* length = lengths.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+    const int64_t items = rows * heads;
+    at::parallel_for(0, items, parallel_grain(items, items * longest * dim), [&](int64_t begin, int64_t end) {
       std::vector<float> scores(longest);
       __m512 query[16], acc[16];
       for (int64_t index = begin; index < end; ++index) {
