@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "operator": ("tokenyard.operator.cli", "run the LLMDeployment operator (kopf) against the current cluster"),
     "crd": ("tokenyard.operator.crd", "write the LLMDeployment CRD generated from its Python models"),
+    "eval": ("tokenyard.evals.cli", "run a testset against an endpoint, write baselines, gate on quality (RAGAS)"),
 }
 
 
