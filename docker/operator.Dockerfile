@@ -18,6 +18,7 @@ COPY tokenyard/ tokenyard/
 COPY runtime/ runtime/
 COPY gateway/ gateway/
 COPY operator/ operator/
+COPY evals/ evals/
 # The project's own ranges (pyproject.toml) decide its dependencies; there is no lock file to pin them to.
 # hadolint ignore=DL3013
 RUN pip install ".[operator]" && pip check

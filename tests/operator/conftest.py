@@ -192,8 +192,8 @@ class Cluster:
     async def rollout(self, name: str, ready: int | None = None) -> dict[str, Any]:
         """The Deployment controller's report: every wanted replica updated to the current template, `ready` of
         them ready (default: all)."""
-        deployment = await self.get("deployments", name)
-        assert deployment is not None
+        # the operator may report Progressing a moment before its Deployment write lands (a loaded machine)
+        deployment = await eventually(lambda: self.get("deployments", name))
         wanted = deployment["spec"].get("replicas", 1)
         ready = wanted if ready is None else ready
         status = {
