@@ -138,10 +138,8 @@ void rows_float(const Problem& p, int64_t n, T* out) {
 template <int M, int R, bool kGroupsOf32, typename T>
 __attribute__((target("avx512bf16"))) void rows_bf16(const Problem& p, int64_t n, T* out) {
   const int64_t row_bytes = p.K / 2;
-  __m512i table = _mm512_setzero_si512();
-  alignas(64) uint16_t entries[32];
-  for (int c = 0; c < 32; ++c) entries[c] = c10::BFloat16(float(c % 16)).x;
-  table = _mm512_load_si512(entries);
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(codes, codes);  // code -> its bfloat16, twice over
   const __m512i low_nibble = _mm512_set1_epi16(15);
   __m512 total[R][M];
   for (int r = 0; r < R; ++r)

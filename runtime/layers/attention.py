@@ -161,13 +161,13 @@ class TorchAttentionBackend:
     ) -> torch.Tensor:
         """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, entry width)."""
         self._write(kv_cache, meta.slot_mapping, k, v)
-        read = self._reader(kv_cache, q.dtype)
         state = meta.backend_state
         d = meta.num_decodes
         ops = kernels_for(q) if self.kv_cache_dtype == "auto" and q.shape[-1] % 16 == 0 else None
         if ops is not None and d == q.shape[0] and _reads_cache_directly(state["decode"]):
             plan = state["decode"]  # a decode-only step: the kernel's output is the whole output
             return ops.decode_attention(q, kv_cache, plan.suffix_slots, plan.suffix_lens, scale)
+        read = self._reader(kv_cache, q.dtype)
         out = torch.empty_like(q)
         if d:
             out[:d] = _decode(q[:d], read, state["decode"], scale)

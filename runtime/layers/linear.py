@@ -83,9 +83,6 @@ class MergedLinear(Linear):
         start = sum(self.part_sizes[:index])
         return slice(start, start + self.part_sizes[index])
 
-    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return out.split(self.part_sizes, dim=-1)
-
 
 class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, dim: int) -> None:
