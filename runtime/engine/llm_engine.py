@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -128,7 +129,7 @@ class LLMEngine:
             return False
         self.scheduler.finish(request.seq, "abort")
         if self.proposer is not None:
-            self.proposer.release(request_id)
+            self.proposer.release(request.seq)
         return True
 
     def has_unfinished_requests(self) -> bool:
@@ -162,23 +163,28 @@ class LLMEngine:
             if seq.is_finished:
                 self._requests.pop(seq.request_id, None)
                 if self.proposer is not None:
-                    self.proposer.release(seq.request_id)
+                    self.proposer.release(seq)
         return outputs
 
     def _propose(self) -> None:
-        """Draft tokens for running sequences that decode. None while min_tokens is not reached (only the
-        first verified position can ban EOS), none past max_tokens, and none above disable_by_batch_size."""
+        """Draft tokens for running sequences that decode, and, where the proposer is cheap, for those whose
+        next step may finish their prompt. None while min_tokens is not reached (only the first verified
+        position can ban EOS), none past max_tokens, and none above disable_by_batch_size."""
         spec = self.speculative
         if spec is None:
             return
         running = self.scheduler.running
-        if spec.disable_by_batch_size is not None and len(running) > spec.disable_by_batch_size:
+        candidates = [s for s in running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
+        if self.proposer.proposes_before_first_token:
+            room = self.config.max_num_seqs - len(running)
+            waiting = list(itertools.islice(self.scheduler.waiting, max(room, 0)))
+            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + waiting + candidates
+        enqueued = len(running) + len(self.scheduler.waiting)
+        if spec.disable_by_batch_size is not None and enqueued > spec.disable_by_batch_size:
+            for seq in candidates:
+                seq.keep_drafts(0)
             return
-        seqs = [
-            s
-            for s in running
-            if s.num_uncomputed_tokens == 1 and s.output_token_ids and len(s.output_token_ids) >= s.params.min_tokens
-        ]
+        seqs = [s for s in candidates if len(s.output_token_ids) >= s.params.min_tokens]
         limits = [max(min(spec.num_speculative_tokens, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs]
         self.proposer.propose(seqs, limits)
 

@@ -206,7 +206,7 @@ def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
     prompt_len = len(seq.prompt_token_ids)
     if start >= prompt_len:  # a decode, with the draft tokens it verifies
         return (seq.output_token_ids + seq.draft_token_ids)[start - prompt_len : end - prompt_len]
-    return seq.prompt_token_ids[start:end] + seq.output_token_ids[: max(end - prompt_len, 0)]
+    return (seq.prompt_token_ids[start:end] + seq.output_token_ids + seq.draft_token_ids)[: end - start]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,6 +16,7 @@ chunk attends to its own fresh keys and values unquantized, as vLLM's kernels do
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -149,6 +150,8 @@ class TorchAttentionBackend:
                 slots = context_slots([meta.block_tables[row]], context, meta.block_size)[0].to(device)
             prefills.append((start, end, prior, slots))
         state["prefills"] = prefills
+        on_cpu_kernels = self.kv_cache_dtype == "auto" and device.type == "cpu"
+        state["chunks"] = _plan_chunks(meta, device) if on_cpu_kernels and d < meta.num_seqs else None
 
     def forward(
         self,
@@ -167,6 +170,8 @@ class TorchAttentionBackend:
         if ops is not None and d == q.shape[0] and _reads_cache_directly(state["decode"]):
             plan = state["decode"]  # a decode-only step: the kernel's output is the whole output
             return ops.decode_attention(q, kv_cache, plan.suffix_slots, plan.suffix_lens, scale)
+        if ops is not None and state["chunks"] is not None:  # decodes, and decodes with drafts to verify
+            return ops.chunk_attention(q, kv_cache, *state["chunks"], scale)
         read = self._reader(kv_cache, q.dtype)
         out = torch.empty_like(q)
         if d:
@@ -182,6 +187,9 @@ class TorchAttentionBackend:
 
 # Measured on CPU: SDPA's kernel wins for a few decode rows, plain matmuls for many.
 SDPA_MAX_DECODE_ROWS = 8
+# Chunks this short (a decode with the drafts it verifies) are read from the cache in place by the CPU
+# kernel: SDPA on gathered copies costs several times more there.
+MAX_PAGED_CHUNK = 16
 
 
 @dataclass
@@ -194,12 +202,6 @@ class _DecodePlan:
     suffix_slots: torch.Tensor  # (rows, longest_suffix)
     suffix_lens: torch.Tensor  # (rows,)
     suffix_mask: torch.Tensor  # (rows, 1, 1, longest_suffix), True where a key exists
-
-
-def _reads_cache_directly(plan: _DecodePlan) -> bool:
-    """The CPU kernel reads each row's context from the cache in place: it wins where SDPA would have run
-    on gathered copies (a few rows, no shared prefix); cascade attention wins for many rows sharing one."""
-    return plan.shared_slots is None and plan.suffix_slots.shape[0] <= SDPA_MAX_DECODE_ROWS
 
 
 def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
@@ -218,6 +220,26 @@ def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:
     mask = (torch.arange(longest)[None, :] < suffix_lens[:, None]).view(d, 1, 1, longest)
     shared_slots = context_slots([first[:shared_blocks]], shared, bs)[0].to(device) if shared else None
     return _DecodePlan(shared_slots, suffix_slots.contiguous().to(device), suffix_lens.to(device), mask.to(device))
+
+
+def _reads_cache_directly(plan: _DecodePlan) -> bool:
+    """The CPU kernel reads each row's context from the cache in place: it wins where SDPA would have run
+    on gathered copies (a few rows, no shared prefix); cascade attention wins for many rows sharing one."""
+    return plan.shared_slots is None and plan.suffix_slots.shape[0] <= SDPA_MAX_DECODE_ROWS
+
+
+def _plan_chunks(
+    meta: AttentionMetadata, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(context slots, context lengths, query starts) per sequence for the CPU chunk kernel, which serves
+    a step of a few sequences whose chunks are all short (decodes with the drafts they verify); SDPA serves
+    the others."""
+    starts = meta.query_start_loc
+    longest_chunk = max(end - start for start, end in itertools.pairwise(starts))
+    if meta.num_seqs > SDPA_MAX_DECODE_ROWS or longest_chunk > MAX_PAGED_CHUNK:
+        return None
+    slots = context_slots(meta.block_tables, max(meta.context_lens), meta.block_size).contiguous()
+    return slots.to(device), torch.tensor(meta.context_lens, device=device), torch.tensor(starts, device=device)
 
 
 def _decode(

@@ -11,6 +11,7 @@ METHODS = ("ngram", "draft_model")
 # Measured on SmolLM2-135M, CPU, input-grounded prompts (benchmarks/spec_decode.py).
 DEFAULT_LOOKUP_MIN = 2
 DEFAULT_LOOKUP_MAX = 4
+DEFAULT_RECENT_OUTPUTS = 256  # finished requests whose outputs n-gram lookup also searches
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class SpeculativeConfig:
     dtype: str = "auto"  # the draft's own
     prompt_lookup_min: int = DEFAULT_LOOKUP_MIN
     prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
-    disable_by_batch_size: int | None = None  # no speculation while more sequences than this are running
+    lookup_recent_outputs: int = DEFAULT_RECENT_OUTPUTS  # ngram only; 0 searches the sequence alone (vLLM's)
+    disable_by_batch_size: int | None = None  # no speculation while more requests than this are running or waiting
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SpeculativeConfig:
@@ -44,6 +46,13 @@ class SpeculativeConfig:
             lookup_min,
             f"<= prompt_lookup_max ({lookup_max})",
         )
+        recent = raw.get("lookup_recent_outputs", DEFAULT_RECENT_OUTPUTS)
+        require(
+            isinstance(recent, int) and recent >= 0,
+            "speculative_config.lookup_recent_outputs",
+            recent,
+            "an integer >= 0 (0: look up in the sequence only)",
+        )
         model = raw.get("model")
         if method == "draft_model":
             require(bool(model), "speculative_config.model", model, "the draft model's path or id (method draft_model)")
@@ -60,5 +69,6 @@ class SpeculativeConfig:
             raw.get("dtype", "auto"),
             lookup_min,
             lookup_max,
+            recent,
             limit,
         )

@@ -23,6 +23,9 @@ from tokenyard.runtime.spec_decode.config import SpeculativeConfig
 
 
 class DraftModelProposer:
+    # Drafting for a prompt's last step would run the draft's prefill before the target's, adding to TTFT.
+    proposes_before_first_token = False
+
     def __init__(self, config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> None:
         draft_config = replace(
             config,
@@ -89,8 +92,8 @@ class DraftModelProposer:
         self.kv_cache.release_tail(shadow)
         return shadow
 
-    def release(self, request_id: str) -> None:
-        shadow = self._shadows.pop(request_id, None)
+    def release(self, seq: Sequence) -> None:
+        shadow = self._shadows.pop(seq.request_id, None)
         if shadow is not None:
             self.kv_cache.free(shadow)
 

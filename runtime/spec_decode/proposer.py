@@ -15,11 +15,14 @@ from tokenyard.runtime.spec_decode.ngram import NgramProposer
 
 
 class Proposer(Protocol):
+    # Whether it also drafts for the step that computes the rest of a prompt (the answer's first tokens).
+    proposes_before_first_token: bool
+
     def propose(self, seqs: list[Sequence], limits: list[int]) -> None:
         """Set each sequence's ``draft_token_ids`` (at most its limit; fewer or none is fine)."""
 
-    def release(self, request_id: str) -> None:
-        """The request ended: drop whatever is kept for it."""
+    def release(self, seq: Sequence) -> None:
+        """The request ended (``seq.finish_reason`` says how): drop whatever is kept for it."""
 
 
 def build_proposer(config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> Proposer:

@@ -1,6 +1,7 @@
 """The torch attention backend against plain causal attention computed per sequence, across its paths:
 few decode rows (our CPU kernel reading the paged cache in place, or SDPA without it), many rows, rows
-sharing a cached prefix (cascade), and prefill chunks, with a float cache and an int8 one."""
+sharing a cached prefix (cascade), short chunks (drafts to verify: the kernel, one query token per row)
+and prefill chunks, with a float cache and an int8 one."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_
         ([5, 13, 22] * 4, [1] * 12, 0),  # many decode rows, nothing shared
         ([12, 17, 30, 9], [1, 1, 1, 1], 2),  # decode rows sharing two cached blocks (cascade)
         ([12, 17, 9, 20], [1, 1, 6, 20], 2),  # decodes, a prefill chunk after a cached prefix, a fresh prefill
+        ([9, 14, 21], [1, 4, 7], 0),  # a decode, then decodes with drafts to verify (short chunks)
+        ([12, 18], [3, 5], 2),  # short chunks sharing two cached blocks
     ],
-    ids=["one-decode", "few-decodes", "many-decodes", "shared-prefix", "mixed"],
+    ids=["one-decode", "few-decodes", "many-decodes", "shared-prefix", "mixed", "verify", "verify-shared"],
 )
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
 @pytest.mark.parametrize("cpu_kernels", [True, False], ids=["kernels", "eager"])

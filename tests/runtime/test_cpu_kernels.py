@@ -5,6 +5,7 @@ ours cannot run, are held to the same reference."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -144,6 +145,40 @@ def test_small_ops_compute_their_eager_formulas(eager, dtype):
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2**-7}
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.float(), b.float(), **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128)])
+def test_attention_of_decodes_and_their_drafts_reads_the_cache_as_eager_attention_does(
+    eager, dtype, heads, kv_heads, dim
+):
+    """Few sequences with short chunks (a decode, decodes with 3 and 7 drafts to verify: over 16 query rows
+    of one KV head, so split across work items), contexts that do not fill their last block."""
+    torch.manual_seed(0)
+    block, contexts, chunks = 16, [37, 90, 200], [1, 4, 8]
+    free = iter(torch.randperm(64).tolist())
+    tables = [[next(free) for _ in range(-(-c // block))] for c in contexts]
+    cache = torch.randn(2, 64 * block, kv_heads, dim).to(dtype)
+    slots = [
+        t[p // block] * block + p % block
+        for t, c, n in zip(tables, contexts, chunks, strict=True)
+        for p in range(c - n, c)
+    ]
+    starts = [0, *itertools.accumulate(chunks)]
+    q = torch.randn(starts[-1], heads, dim).to(dtype)
+    k, v = torch.randn(starts[-1], kv_heads, dim).to(dtype), torch.randn(starts[-1], kv_heads, dim).to(dtype)
+
+    def run() -> torch.Tensor:
+        meta = attention.AttentionMetadata(torch.tensor(slots), starts, contexts, tables, 1, block)
+        backend = attention.TorchAttentionBackend()
+        backend.prepare(meta, CPU)
+        return backend.forward(q, k, v, cache.clone(), meta, dim**-0.5)
+
+    ours = run()
+    eager()
+    theirs = run()
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2**-7}
+    torch.testing.assert_close(ours.float(), theirs.float(), **tolerance)
 
 
 def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama_dir, eager):

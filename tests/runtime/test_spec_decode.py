@@ -4,11 +4,15 @@ the KV cache, and the counters behind the vllm:spec_decode_* metrics move."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from tokenyard.runtime import LLM, EngineConfig, SamplingParams
 from tokenyard.runtime.engine.kv_cache_manager import chain_hash
+from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.server.metrics import ServerMetrics
+from tokenyard.runtime.spec_decode.ngram import RecentOutputs
 
 from .conftest import CLASSIFIER_SYSTEM
 from .test_engine import assert_no_leak
@@ -55,9 +59,10 @@ def plain_llm(target_dir) -> LLM:
     return LLM(str(target_dir), **SMALL)
 
 
-def spec_llm(target, draft=None, k: int = 3, draft_dtype: str = "float32", **settings) -> LLM:
-    """An engine speculating with n-gram lookup, or with ``draft`` as the draft model."""
-    spec = NGRAM
+def spec_llm(target, draft=None, k: int = 3, draft_dtype: str = "float32", ngram=None, **settings) -> LLM:
+    """An engine speculating with n-gram lookup (``ngram``: settings over NGRAM's), or with ``draft`` as the
+    draft model."""
+    spec = {**NGRAM, **(ngram or {})}
     if draft is not None:
         spec = {"method": "draft_model", "num_speculative_tokens": k, "model": str(draft), "dtype": draft_dtype}
     return LLM(str(target), speculative_config=spec, **{**SMALL, **settings})
@@ -227,6 +232,58 @@ def test_metrics_counters_follow_the_engine(target_dir):
     assert sum(stats.accepted_per_position) == stats.num_accepted_tokens
 
 
+REQUEST_IDS = itertools.count()
+
+
+def steps_to_finish(llm: LLM, prompt: dict, params: SamplingParams) -> tuple[list[int], int]:
+    """The request's tokens, and how many engine steps it took alone."""
+    engine, steps = llm.engine, 0
+    engine.add_request(f"request-{next(REQUEST_IDS)}", prompt, params)
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        steps += 1
+    return outputs[0].outputs[0].token_ids, steps
+
+
+def test_a_repeated_answer_is_drafted_from_recent_outputs_from_its_first_token(plain_llm, target_dir):
+    """A request like an earlier one (the classifier workload: the same system prompt, answers that repeat)
+    gets the earlier answer as drafts, on the step that finishes its prompt too; the output stays the
+    target's own. Looking up in the prompt only (lookup_recent_outputs 0), nothing is drafted here."""
+    prompt = {"prompt_token_ids": list(range(20, 44))}  # no n-gram repeats inside it
+    params = SamplingParams(temperature=0, max_tokens=24)
+    [expected] = token_ids(plain_llm.generate([prompt], [params]))
+    lookup = {"prompt_lookup_min": 3, "prompt_lookup_max": 3}
+    prompt_only = spec_llm(target_dir, ngram={**lookup, "lookup_recent_outputs": 0})
+    llm = spec_llm(target_dir, ngram=lookup)
+    first, first_steps = steps_to_finish(llm, prompt, params)
+    again, again_steps = steps_to_finish(llm, prompt, params)
+    assert first == again == expected
+    assert steps_to_finish(prompt_only, prompt, params) == (expected, first_steps)
+    assert again_steps <= -(-len(expected) // 4) + 1, (
+        f"{again_steps} steps for {len(expected)} tokens drafted 3 at a time"
+    )
+    assert_no_leak(llm)
+
+
+def test_recent_outputs_propose_what_most_of_them_continue_with_and_forget_the_oldest():
+    def finished(prompt: list[int], output: list[int]) -> Sequence:
+        seq = Sequence("r", prompt, GREEDY, max_tokens=50)
+        seq.output_token_ids = output
+        return seq
+
+    recent = RecentOutputs(capacity=3, min_n=2, max_n=2)
+    for answer in ([7, 8, 9, 1], [7, 8, 9, 2], [7, 8, 5, 3]):
+        recent.add(finished([0, 6], answer))
+    # after [0, 6]: 7 and 8 always, then 9 twice out of three, then no majority
+    assert recent.lookup([4, 0, 6], n=2, k=5) == [7, 8, 9]
+    assert recent.lookup([8, 5], n=2, k=5) == [3]
+    assert recent.lookup([1, 2], n=2, k=5) == []
+    recent.add(finished([0, 6], [7, 4, 4]))  # the first answer is forgotten: 8, 9 then 8, 5 and 4, 4
+    assert len(recent) == 3
+    assert recent.lookup([9, 1], n=2, k=5) == []
+    assert recent.lookup([0, 6], n=2, k=5) == [7, 8]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -239,6 +296,10 @@ def test_metrics_counters_follow_the_engine(target_dir):
             r"prompt_lookup_min=4 .*<= prompt_lookup_max \(2\)",
         ),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 3}, r"\['lookahead'\].*made of the keys"),
+        (
+            {"method": "ngram", "num_speculative_tokens": 2, "lookup_recent_outputs": -1},
+            r"lookup_recent_outputs=-1 .*integer >= 0",
+        ),
     ],
 )
 def test_invalid_speculative_configs_are_refused_naming_the_key(spec, message):
