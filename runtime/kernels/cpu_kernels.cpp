@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -295,16 +296,54 @@ bool has_bf16_dot() {
   return supported;
 }
 
-// x: (..., K) float32 or bfloat16; codes: (N, K) int8 for bits=8, (N, K/2) uint8 for bits=4; scales, mins:
-// (N, K/group) float32 or bfloat16 (both the same), mins empty for symmetric codes. Returns (..., N) in x's dtype.
+// 16 values of x from column k as float32, and their bfloat16 bits (x bfloat16 only); zeros past `width`.
+inline __m512 load_x(const float* row, int64_t k, __mmask16 mask, __m256i&) { return _mm512_maskz_loadu_ps(mask, row + k); }
+inline __m512 load_x(const c10::BFloat16* row, int64_t k, __mmask16 mask, __m256i& bits) {
+  bits = _mm256_maskz_loadu_epi16(mask, row + k);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// x as the kernels read it, row by row: float32 (M, K); for the bfloat16 paths its bfloat16 bits (for
+// 4-bit codes in their nibbles' lane order: of each 64 columns, 0..15, 32..47, 16..31, 48..63, see
+// rows_bf16); the per-group sums the mins multiply. Columns from x's own width to K are zero: a weight
+// whose K is not a multiple of its group is stored padded with zero codes to whole groups.
+template <typename T>
+void prepare_x(const T* x, int64_t M, int64_t width, const Problem& p, float* xf, uint16_t* xb, bool nibble_order,
+               float* xsum) {
+  for (int64_t m = 0; m < M; ++m) {
+    const T* row = x + m * width;
+    __m512 group_sum = _mm512_setzero_ps();
+    for (int64_t k = 0; k < p.K; k += 16) {
+      const int64_t left = std::clamp<int64_t>(width - k, 0, 16);
+      const __mmask16 mask = static_cast<__mmask16>((1u << left) - 1);
+      __m256i bits;
+      const __m512 values = load_x(row, k, mask, bits);
+      _mm512_storeu_ps(xf + m * p.K + k, values);
+      if (xb != nullptr) {
+        const int64_t chunk = (k % 64) / 16, to = nibble_order && (chunk == 1 || chunk == 2) ? k + 16 * (3 - 2 * chunk) : k;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(xb + m * p.K + to), bits);
+      }
+      group_sum = _mm512_add_ps(group_sum, values);
+      if ((k + 16) % p.group == 0) {
+        xsum[m * p.groups + k / p.group] = _mm512_reduce_add_ps(group_sum);
+        group_sum = _mm512_setzero_ps();
+      }
+    }
+  }
+}
+
+// x: (..., width) float32 or bfloat16, width up to K (missing columns count as zeros); codes: (N, K) int8
+// for bits=8, (N, K/2) uint8 for bits=4; scales, mins: (N, K/group) float32 or bfloat16 (both the same),
+// mins empty for symmetric codes. Returns (..., N) in x's dtype.
 at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, const at::Tensor& scales,
                             const at::Tensor& mins, int64_t bits, int64_t group) {
-  TORCH_CHECK(x_in.dim() >= 1 && codes.dim() == 2 && codes.is_contiguous(), "x must be (..., K), codes 2-D");
+  TORCH_CHECK(x_in.dim() >= 1 && codes.dim() == 2 && codes.is_contiguous(), "x must be (..., width), codes 2-D");
   TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
-  const int64_t K = x_in.size(-1), M = x_in.numel() / K, N = codes.size(0);
+  const int64_t K = bits == 8 ? codes.size(1) : 2 * codes.size(1), N = codes.size(0);
+  const int64_t width = x_in.size(-1), M = x_in.numel() / std::max<int64_t>(width, 1);
   const at::Tensor x = x_in.contiguous();
   TORCH_CHECK(group % 32 == 0 && K % group == 0, "group must be a multiple of 32 dividing K=", K, ", got ", group);
-  TORCH_CHECK(codes.size(1) == (bits == 8 ? K : K / 2), "codes do not match K=", K);
+  TORCH_CHECK(width <= K && K - width < group, "x has ", width, " columns for codes of K=", K, " in groups of ", group);
   const int64_t groups = K / group;
   const bool symmetric = mins.numel() == 0;
   TORCH_CHECK(scales.is_contiguous() && mins.is_contiguous() && scales.numel() == N * groups &&
@@ -313,39 +352,32 @@ at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, con
   const bool bf16_scales = scales.scalar_type() == at::kBFloat16;
   TORCH_CHECK((bf16_scales || scales.scalar_type() == at::kFloat) && (symmetric || mins.scalar_type() == scales.scalar_type()),
               "scales and mins must both be float32 or both bfloat16");
-  std::vector<float> xf(M * K), xsum(M * groups, 0.f);
-  std::vector<uint16_t> pairs;
   const bool bf16_x = x.scalar_type() == at::kBFloat16 && has_bf16_dot();
   // 4-bit codes: x reordered to the nibbles' lane order; 8-bit codes: x as it is, from a few rows up
   const bool bf16_dot = bits == 4 && bf16_x && K % 64 == 0 && (group == 32 || group % 64 == 0);
   const bool bf16_int8 = bits == 8 && bf16_x && M >= kFoldFromRows;
-  if (bf16_dot) pairs.resize(M * K);
+  thread_local std::vector<float> xf, xsum;
+  thread_local std::vector<uint16_t> xb;
+  xf.resize(M * K);
+  xsum.resize(M * groups);
+  xb.resize(bf16_dot || bf16_int8 ? M * K : 0);
+  Problem p{reinterpret_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr(), symmetric ? nullptr : mins.data_ptr(),
+            bf16_scales, xf.data(), xb.empty() ? nullptr : xb.data(), xsum.data(), K, N, group, groups};
   FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
-    const scalar_t* in = x.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < M * K; ++i) xf[i] = float(in[i]);
+    prepare_x(x.data_ptr<scalar_t>(), M, width, p, xf.data(), xb.empty() ? nullptr : xb.data(), bf16_dot, xsum.data());
   });
-  if (bf16_dot) {  // per 64 columns: 0..15, 32..47, 16..31, 48..63 (see rows_bf16)
-    static constexpr int64_t kFrom[4] = {0, 32, 16, 48};
-    const auto* raw = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    for (int64_t i = 0; i < M * K; i += 64)
-      for (int q = 0; q < 4; ++q)
-        for (int j = 0; j < 16; ++j) pairs[i + 16 * q + j] = raw[i + kFrom[q] + j];
-  }
-  if (!symmetric)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xsum[m * groups + k / group] += xf[m * K + k];
-  const Problem p{reinterpret_cast<const uint8_t*>(codes.data_ptr()), scales.data_ptr(),
-                  symmetric ? nullptr : mins.data_ptr(), bf16_scales,
-                  xf.data(),
-                  bf16_dot ? pairs.data() : (bf16_int8 ? reinterpret_cast<const uint16_t*>(x.data_ptr()) : nullptr),
-                  xsum.data(), K, N, group, groups};
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = N;
   at::Tensor out = at::empty(out_shape, x.options());
+  const int64_t row_bytes = bits == 8 ? K : K / 2;
   FLOAT_OR_BFLOAT16(x.scalar_type(), "quantized_linear", [&] {
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     at::parallel_for(0, blocks, parallel_grain(blocks, M * N * K), [&](int64_t block_begin, int64_t block_end) {
+      // the blocks prefetch kPrefetchRows ahead as they go: fetch the first ones now, all at once
+      const uint8_t* first = p.codes + block_begin * kRowBlock * row_bytes;
+      const int64_t ahead = std::min(kPrefetchRows, N - block_begin * kRowBlock) * row_bytes;
+      for (int64_t byte = 0; byte < ahead; byte += 64) prefetch(first + byte);
       for (int64_t b = block_begin; b < block_end; ++b) {
         const int64_t n_begin = b * kRowBlock, n_end = std::min(N, n_begin + kRowBlock);
         for (int64_t m = 0; m < M; m += kRowsPerCall) {

@@ -152,12 +152,12 @@ class CpuGroupWeight(QuantizedWeight):
         # plain attributes (an nn.Module buffer lookup costs ~1 us each; this class never changes device)
         self.kernel = cpu_kernels().quantized_linear
         self.kernel_args = (self.codes, self.scales, self.mins, self.bits, self.group_size)
-        self.reorders_input = self.perm is not None or self.padded_in_features != self.in_features
+        self.act_order = self.perm is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reorders_input:
-            x = _gathered_and_padded(x, self.perm, self.padded_in_features)
-        return self.kernel(x, *self.kernel_args)
+        if self.act_order:  # the input columns sorted by group, as the codes are
+            x = x.index_select(-1, self.perm)
+        return self.kernel(x, *self.kernel_args)  # it zero-pads x to whole groups itself
 
     def shared_rows(self) -> AffineGroups | None:
         if self.bits != 8 or self.perm is not None or self.padded_in_features != self.in_features:
