@@ -61,7 +61,7 @@ def assert_matches(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
         (8, 33, 256, 32),  # groupwise 8-bit (GGUF Q8_0)
     ],
 )
-@pytest.mark.parametrize("rows", [1, 2, 3, 6, 11])  # every register blocking, and more rows than one pass takes
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 11, 40])  # every register blocking, and several passes over a block
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in_features, group_size, rows, dtype):
     groups = random_groups(bits, out_features, in_features, group_size)
