@@ -49,7 +49,7 @@ GROUNDED = {
     "summarisation": f"Summarize this text:\n\n{PASSAGE}",
 }
 CHAT = [{"role": "user", "content": text} for text in GROUNDED.values()]
-CONCURRENCY = (1, 4, 16, 32)
+CONCURRENCY = (1, 4, 16, 32, 64)
 CLASSIFIER = SamplingParams(temperature=0, max_tokens=50)
 
 

@@ -11,7 +11,7 @@ METHODS = ("ngram", "draft_model")
 # Measured on SmolLM2-135M, CPU, input-grounded prompts (benchmarks/spec_decode.py).
 DEFAULT_LOOKUP_MIN = 2
 DEFAULT_LOOKUP_MAX = 4
-DEFAULT_RECENT_OUTPUTS = 256  # finished requests whose outputs n-gram lookup also searches
+DEFAULT_RECENT_OUTPUTS = 128  # finished requests whose outputs n-gram lookup also searches
 
 
 @dataclass(frozen=True)

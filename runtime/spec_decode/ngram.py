@@ -11,7 +11,7 @@ Proposals only cost speed when wrong: the target verifies every token, so no out
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +20,9 @@ from tokenyard.runtime.spec_decode.config import SpeculativeConfig
 
 # Matches kept per n-gram in the recent outputs: enough for a majority, bounded for the vote's cost.
 MATCHES_PER_NGRAM = 32
+# What is kept of each output: the openings and short answers that repeat across requests.
+MAX_TOKENS_PER_OUTPUT = 128
+_SPAN = 1 << 32  # a match packs (serial number, offset) into one int (offsets: below 128 + max_n)
 
 
 def ngram_lookup(tokens: np.ndarray, n: int, k: int) -> list[int]:
@@ -36,15 +39,17 @@ def ngram_lookup(tokens: np.ndarray, n: int, k: int) -> list[int]:
 
 
 class RecentOutputs:
-    """The last ``capacity`` finished requests' outputs, each with the end of its prompt (where the answer
-    starts), indexed by every n-gram of ``min_n`` to ``max_n`` tokens."""
+    """The last ``capacity`` finished requests' outputs (their first MAX_TOKENS_PER_OUTPUT tokens), each with
+    the end of its prompt (where the answer starts), indexed by every n-gram of ``min_n`` to ``max_n``
+    tokens. Bounded so: tens of thousands of small Python objects at most, and each finished request costs
+    the engine loop well under a millisecond to learn."""
 
     def __init__(self, capacity: int, min_n: int, max_n: int) -> None:
         self.capacity, self.min_n, self.max_n = capacity, min_n, max_n
         self._texts: dict[int, list[int]] = {}  # serial number -> tokens, oldest first
         self._serial = 0
-        # n-gram -> where its continuations start: (serial number, offset), oldest first
-        self._index: dict[tuple[int, ...], deque[tuple[int, int]]] = {}
+        # n-gram -> where its continuations start, oldest first, each as serial * _SPAN + offset
+        self._index: dict[tuple[int, ...], list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -52,11 +57,14 @@ class RecentOutputs:
     def add(self, seq: Sequence) -> None:
         if not self.capacity or not seq.output_token_ids:
             return
-        tokens = seq.prompt_token_ids[-self.max_n :] + seq.output_token_ids
+        tokens = seq.prompt_token_ids[-self.max_n :] + seq.output_token_ids[:MAX_TOKENS_PER_OUTPUT]
         serial, self._serial = self._serial, self._serial + 1
         self._texts[serial] = tokens
         for offset, key in self._ngrams(tokens):
-            self._index.setdefault(key, deque(maxlen=MATCHES_PER_NGRAM)).append((serial, offset))
+            matches = self._index.setdefault(key, [])
+            matches.append(serial * _SPAN + offset)
+            if len(matches) > MATCHES_PER_NGRAM:
+                del matches[0]
         if len(self._texts) > self.capacity:
             self._evict()
 
@@ -66,7 +74,7 @@ class RecentOutputs:
         matches = self._index.get(tuple(context[-n:])) if len(context) >= n else None
         if not matches:
             return []
-        return _majority_continuation([(self._texts[serial], offset) for serial, offset in matches], k)
+        return _majority_continuation([(self._texts[m // _SPAN], m % _SPAN) for m in matches], k)
 
     def _ngrams(self, tokens: list[int]) -> Iterator[tuple[int, tuple[int, ...]]]:
         """(offset of the token after it, n-gram) for every n-gram followed by at least one token."""
@@ -78,9 +86,11 @@ class RecentOutputs:
         serial = next(iter(self._texts))
         for _, key in self._ngrams(self._texts.pop(serial)):
             matches = self._index.get(key)
-            while matches and matches[0][0] <= serial:
-                matches.popleft()
-            if matches is not None and not matches:
+            if matches is None:
+                continue
+            while matches and matches[0] // _SPAN <= serial:
+                del matches[0]
+            if not matches:
                 del self._index[key]
 
 
