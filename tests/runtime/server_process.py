@@ -50,7 +50,12 @@ class ServerProcess:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        wait_healthy(self.url, self.process, self.log)
+        try:
+            wait_healthy(self.url, self.process, self.log)
+        except BaseException:  # the caller never gets this object to stop: do not leave the server running
+            self.process.kill()
+            self.process.wait()
+            raise
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples (all label values) from /metrics."""
