@@ -176,9 +176,7 @@ class LLMEngine:
         running = self.scheduler.running
         candidates = [s for s in running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
         if self.proposer.proposes_before_first_token:
-            room = self.config.max_num_seqs - len(running)
-            waiting = list(itertools.islice(self.scheduler.waiting, max(room, 0)))
-            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + waiting + candidates
+            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + self._next_admitted() + candidates
         enqueued = len(running) + len(self.scheduler.waiting)
         if spec.disable_by_batch_size is not None and enqueued > spec.disable_by_batch_size:
             for seq in candidates:
@@ -187,6 +185,19 @@ class LLMEngine:
         seqs = [s for s in candidates if len(s.output_token_ids) >= s.params.min_tokens]
         limits = [max(min(spec.num_speculative_tokens, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs]
         self.proposer.propose(seqs, limits)
+
+    def _next_admitted(self) -> list[Sequence]:
+        """The waiting requests the next step may admit: in order, while seats and the token budget last
+        (counting whole prompts, so a burst of prompts with cached prefixes gets fewer drafts than it could)."""
+        seats = self.config.max_num_seqs - len(self.scheduler.running)
+        budget = self.config.max_num_batched_tokens
+        admitted = []
+        for seq in itertools.islice(self.scheduler.waiting, max(seats, 0)):
+            budget -= seq.num_tokens
+            if budget < 0:
+                break
+            admitted.append(seq)
+        return admitted
 
     def _accept(self, seq: Sequence, num_scheduled: int, sampled: list[Sampled]) -> None:
         """Append the accepted draft tokens and the target's own token, each checked for a stop in order

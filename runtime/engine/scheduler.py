@@ -97,11 +97,14 @@ class Scheduler:
             if remainder > budget and not self.config.enable_chunked_prefill:
                 break
             seq.keep_drafts(max(budget - remainder, 0))  # drafts ride along only with the whole remainder
-            if seq.draft_token_ids and not self.kv_cache.allocate(seq, remainder + len(seq.draft_token_ids), cached):
-                seq.keep_drafts(0)  # as for decodes: draft tokens never hold back an admission
             num_tokens = min(remainder + len(seq.draft_token_ids), budget)
-            if not seq.draft_token_ids and not self.kv_cache.allocate(seq, num_tokens, cached):
-                break
+            if not self.kv_cache.allocate(seq, num_tokens, cached):
+                if not seq.draft_token_ids:
+                    break
+                seq.keep_drafts(0)  # as for decodes: draft tokens never hold back an admission
+                num_tokens = min(remainder, budget)
+                if not self.kv_cache.allocate(seq, num_tokens, cached):
+                    break
             if self.kv_cache.enable_prefix_caching:
                 self.kv_cache.record_lookup(seq.num_tokens, num_cached)
             self.waiting.popleft()
