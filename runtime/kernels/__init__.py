@@ -1,7 +1,8 @@
-"""Hand-written CPU kernels (``cpu_kernels.cpp``): compiled from source on first use with the C++ compiler
-PyTorch's extension builder finds, cached on disk (``TORCH_EXTENSIONS_DIR``, by default under ~/.cache),
-and used where the CPU has AVX-512. Anywhere else (no compiler, another CPU, a GPU) callers keep PyTorch's
-own kernels, so the kernels are a speed-up, never a requirement. ``TOKENYARD_CPU_KERNELS=0`` turns them off."""
+"""Hand-written CPU kernels (``cpu_kernels.cpp`` binds ``quantized_linear.cpp``, ``small_ops.cpp`` and
+``attention.cpp``): compiled from source on first use with the C++ compiler PyTorch's extension builder
+finds, cached on disk (``TORCH_EXTENSIONS_DIR``, by default under ~/.cache), and used where the CPU has
+AVX-512. Anywhere else (no compiler, another CPU, a GPU) callers keep PyTorch's own kernels, so the kernels
+are a speed-up, never a requirement. ``TOKENYARD_CPU_KERNELS=0`` turns them off."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from types import ModuleType
 import torch
 
 log = logging.getLogger(__name__)
-_SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+_SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "small_ops.cpp", "attention.cpp")
+]
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
 
 
@@ -32,7 +36,7 @@ def cpu_kernels() -> ModuleType | None:
 
     _put_ninja_on_path()
     try:
-        return load("tokenyard_cpu_kernels", [str(_SOURCE)], extra_cflags=_FLAGS, verbose=False)
+        return load("tokenyard_cpu_kernels", [str(source) for source in _SOURCES], extra_cflags=_FLAGS, verbose=False)
     except Exception as error:  # a missing or failing compiler: PyTorch's kernels still serve
         log.warning("could not build the CPU kernels (%s): using PyTorch's", error)
         return None
