@@ -53,7 +53,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="split the model across N processes started by this command (gloo on CPU; NCCL on GPU, rank r on cuda:r)",
     )
     group.add_argument("--speculative-config", type=json.loads, default=None, help="JSON, as vLLM takes it")
-    group.add_argument("--enforce-eager", action="store_true")
+    group.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="no CUDA graphs (GPU) and no flat decode path (CPU): every step through the modules",
+    )
     group.add_argument("--seed", type=int, default=0)
 
 

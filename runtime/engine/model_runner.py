@@ -19,6 +19,7 @@ from tokenyard.runtime.layers.attention import (
 )
 from tokenyard.runtime.layers.sampler import Sampled, SamplingRow, sample
 from tokenyard.runtime.loaders import LoadedModel, load_model, resolve_model
+from tokenyard.runtime.models.cpu_decode import CpuDecodePath
 from tokenyard.runtime.spec_decode.rejection import verify
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ModelRunner:
                 config.quantization_group_size,
             )
         self.model = self.loaded.model
+        self.cpu_decode = None if config.enforce_eager else CpuDecodePath.build(self.model, self.backend)
         self.block_size = config.block_size
         self.kv_caches: list[torch.Tensor] = []
         # Static-shaped decode steps, which CUDA graphs need; on CPU padding would only cost time.
@@ -139,7 +141,8 @@ class ModelRunner:
         if self.workers is not None:
             self.workers.run_model(inputs)  # every rank runs the forward on its shard; this one samples
         self.backend.prepare(inputs.meta, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        forward = self.cpu_decode if self.cpu_decode is not None and self.cpu_decode.serves(inputs.meta) else self.model
+        hidden = forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
         if not inputs.sample_index:
             return None
         return self.model.compute_logits(hidden[torch.tensor(inputs.sample_index, device=self.device)])

@@ -151,7 +151,11 @@ class TorchAttentionBackend:
             prefills.append((start, end, prior, slots))
         state["prefills"] = prefills
         on_cpu_kernels = self.kv_cache_dtype == "auto" and device.type == "cpu"
-        state["chunks"] = _plan_chunks(meta, device) if on_cpu_kernels and d < meta.num_seqs else None
+        decode_only = d == meta.num_seqs
+        in_place = on_cpu_kernels and decode_only and _reads_cache_directly(state["decode"])
+        # (slots, lengths) of a step that only decodes, for the CPU kernel reading the cache in place
+        state["decode_in_place"] = (state["decode"].suffix_slots, state["decode"].suffix_lens) if in_place else None
+        state["chunks"] = _plan_chunks(meta, device) if on_cpu_kernels and not decode_only else None
 
     def forward(
         self,
@@ -167,9 +171,8 @@ class TorchAttentionBackend:
         state = meta.backend_state
         d = meta.num_decodes
         ops = kernels_for(q) if self.kv_cache_dtype == "auto" and q.shape[-1] % 16 == 0 else None
-        if ops is not None and d == q.shape[0] and _reads_cache_directly(state["decode"]):
-            plan = state["decode"]  # a decode-only step: the kernel's output is the whole output
-            return ops.decode_attention(q, kv_cache, plan.suffix_slots, plan.suffix_lens, scale)
+        if ops is not None and state["decode_in_place"] is not None:  # the kernel's output is the whole output
+            return ops.decode_attention(q, kv_cache, *state["decode_in_place"], scale)
         if ops is not None and state["chunks"] is not None:  # decodes, and decodes with drafts to verify
             return ops.chunk_attention(q, kv_cache, *state["chunks"], scale)
         read = self._reader(kv_cache, q.dtype)

@@ -13,6 +13,7 @@ import torch
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.kernels import cpu_kernels
 from tokenyard.runtime.layers import activation, attention, norm, rotary
+from tokenyard.runtime.models import cpu_decode
 from tokenyard.runtime.quantization.groups import AffineGroups, quantize_int4, quantize_int8_per_channel
 from tokenyard.runtime.quantization.kernels import (
     CpuGroupWeight,
@@ -113,7 +114,7 @@ def eager(monkeypatch):
     """Turns our kernels off for the small ops, as on a machine without them."""
 
     def without_kernels() -> None:
-        for module in (activation, attention, norm, rotary):
+        for module in (activation, attention, norm, rotary, cpu_decode):
             monkeypatch.setattr(module, "kernels_for", lambda x: None)
 
     return without_kernels
@@ -197,3 +198,21 @@ def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama
         assert a.token_ids == b.token_ids
         for token, step_a, step_b in zip(a.token_ids, a.logprobs, b.logprobs, strict=True):
             assert step_a[token] == pytest.approx(step_b[token], abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_flat_decode_path_decodes_what_the_modules_decode(tiny_llama_dir, dtype):
+    """Decode steps of a few rows take the flat path; enforce_eager sends every step through the modules.
+    Batched and single, with logprobs; float32 and bfloat16 alike (the same kernels, in the same order)."""
+    prompts = ["The cat sat on", "Once upon a time, in a small village by the sea, there lived", "Hello"]
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+
+    def generate(enforce_eager: bool) -> list:
+        llm = LLM(str(tiny_llama_dir), dtype=dtype, enforce_eager=enforce_eager, kv_cache_memory_bytes=4 << 20)
+        assert (llm.engine.runner.cpu_decode is None) == enforce_eager
+        return [o.outputs[0] for o in llm.generate(prompts, params) + llm.generate(prompts[:1], params)]
+
+    flat, modules = generate(enforce_eager=False), generate(enforce_eager=True)
+    for a, b in zip(flat, modules, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == b.logprobs
