@@ -2,11 +2,11 @@
 
 Decoding a small model eagerly on a CPU spends about as long in the interpreter as in the matmuls: a decoder
 layer is ~100 Python-level calls (module calls, attribute lookups, the choice between a kernel and its
-fallback), ~50 us, 1.5 ms of a 4.6 ms int4 token of SmolLM2-135M. For the steps that only decode a few rows
-reading the cache in place (the attention kernel's case), this runs the same layers of ``LlamaForCausalLM`` as
+fallback), ~50 us, 1.5 ms of a 4.6 ms int4 token of SmolLM2-135M. For the steps of a few rows whose attention
+reads the cache in place (decodes, and decodes verifying their drafts), this runs the layers of ``LlamaForCausalLM`` as
 one flat loop over the kernels and each linear's own forward: about a dozen calls a layer. The model's modules
-serve every other step (prefill, verification, many rows, shared prefixes, int8 KV cache, tensor parallelism,
-GPUs) and ``enforce_eager`` turns this path off. Both give the same tokens (tests/runtime/test_cpu_kernels.py).
+serve every other step (prefill, many rows, shared prefixes, int8 KV cache, tensor parallelism, GPUs) and
+``enforce_eager`` turns this path off. Both give the same tokens (tests/runtime/test_cpu_kernels.py).
 """
 
 from __future__ import annotations
@@ -71,14 +71,20 @@ class CpuDecodePath:
 
     @staticmethod
     def serves(meta: AttentionMetadata) -> bool:
-        """Whether this step only decodes, with the attention kernel reading the cache in place."""
-        return meta.backend_state.get("decode_in_place") is not None
+        """Whether the attention kernels read this step's context from the cache in place: a few rows that
+        decode, or decode and verify their drafts (short chunks)."""
+        state = meta.backend_state
+        return state.get("decode_in_place") is not None or state.get("chunks") is not None
 
     def __call__(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: AttentionMetadata
     ) -> torch.Tensor:
         ops, heads, kv_heads, dim, eps = self.ops, self.heads, self.kv_heads, self.head_dim, self.eps
-        slots, lengths = meta.backend_state["decode_in_place"]
+        state = meta.backend_state
+        if state["decode_in_place"] is not None:
+            attention, context = ops.decode_attention, state["decode_in_place"]
+        else:
+            attention, context = ops.chunk_attention, state["chunks"]
         q_end, k_end = heads * dim, (heads + kv_heads) * dim
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary.angles(positions)
@@ -93,7 +99,7 @@ class CpuDecodePath:
             ops.rotary_(qkv, cos, sin, heads, kv_heads, dim)
             k, v = qkv[:, q_end:k_end].view(-1, kv_heads, dim), qkv[:, k_end:].view(-1, kv_heads, dim)
             ops.write_kv_cache(kv_cache, meta.slot_mapping, k, v)
-            attended = ops.decode_attention(qkv[:, :q_end].view(-1, heads, dim), kv_cache, slots, lengths, self.scale)
+            attended = attention(qkv[:, :q_end].view(-1, heads, dim), kv_cache, *context, self.scale)
             hidden, residual = ops.add_rms_norm(layer.o(attended.flatten(1)), residual, layer.post_norm, eps)
             x = layer.down(ops.silu_and_mul(layer.gate_up(hidden)))
         return self.model.norm(residual + x)

@@ -200,15 +200,25 @@ def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama
             assert step_a[token] == pytest.approx(step_b[token], abs=1e-4)
 
 
+@pytest.mark.parametrize(
+    "speculative", [None, {"method": "ngram", "num_speculative_tokens": 3}], ids=["plain", "ngram"]
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_flat_decode_path_decodes_what_the_modules_decode(tiny_llama_dir, dtype):
-    """Decode steps of a few rows take the flat path; enforce_eager sends every step through the modules.
-    Batched and single, with logprobs; float32 and bfloat16 alike (the same kernels, in the same order)."""
+def test_the_flat_decode_path_decodes_what_the_modules_decode(tiny_llama_dir, dtype, speculative):
+    """Steps of a few rows that decode (and verify drafts) take the flat path; enforce_eager sends every step
+    through the modules. Batched and single, with logprobs; float32 and bfloat16 alike (the same kernels, in
+    the same order)."""
     prompts = ["The cat sat on", "Once upon a time, in a small village by the sea, there lived", "Hello"]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
 
     def generate(enforce_eager: bool) -> list:
-        llm = LLM(str(tiny_llama_dir), dtype=dtype, enforce_eager=enforce_eager, kv_cache_memory_bytes=4 << 20)
+        llm = LLM(
+            str(tiny_llama_dir),
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            kv_cache_memory_bytes=4 << 20,
+            speculative_config=speculative,
+        )
         assert (llm.engine.runner.cpu_decode is None) == enforce_eager
         return [o.outputs[0] for o in llm.generate(prompts, params) + llm.generate(prompts[:1], params)]
 
