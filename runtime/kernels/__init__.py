@@ -1,8 +1,9 @@
-"""Hand-written CPU kernels (``cpu_kernels.cpp`` binds ``quantized_linear.cpp``, ``small_ops.cpp`` and
-``attention.cpp``): compiled from source on first use with the C++ compiler PyTorch's extension builder
-finds, cached on disk (``TORCH_EXTENSIONS_DIR``, by default under ~/.cache), and used where the CPU has
-AVX-512. Anywhere else (no compiler, another CPU, a GPU) callers keep PyTorch's own kernels, so the kernels
-are a speed-up, never a requirement. ``TOKENYARD_CPU_KERNELS=0`` turns them off."""
+"""Hand-written CPU kernels (``cpu_kernels.cpp`` binds ``quantized_linear.cpp``, ``small_ops.cpp``,
+``attention.cpp`` and ``decode_step.cpp``): compiled from source on first use with the C++ compiler
+PyTorch's extension builder finds, cached on disk (``TORCH_EXTENSIONS_DIR``, by default under ~/.cache),
+and used where the CPU has AVX-512. Anywhere else (no compiler, another CPU, a GPU) callers keep
+PyTorch's own kernels, so the kernels are a speed-up, never a requirement. ``TOKENYARD_CPU_KERNELS=0``
+turns them off."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 log = logging.getLogger(__name__)
 _SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "small_ops.cpp", "attention.cpp")
+    for name in ("cpu_kernels.cpp", "quantized_linear.cpp", "small_ops.cpp", "attention.cpp", "decode_step.cpp")
 ]
 _FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
 

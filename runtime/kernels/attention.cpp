@@ -63,14 +63,19 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache, con
           scores[j] = _mm512_reduce_add_ps(dot);
           top = std::max(top, scores[j]);
         }
-        float total = 0.f;
+        __m512 sum = _mm512_setzero_ps();  // the softmax's exponentials, 16 keys at a time
+        for (int64_t j = 0; j < n; j += 16) {
+          const __mmask16 mask = n - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - j)) - 1);
+          const __m512 weight = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, scores.data() + j), _mm512_set1_ps(top)));
+          _mm512_mask_storeu_ps(scores.data() + j, mask, weight);
+          sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, weight));
+        }
+        const float total = _mm512_reduce_add_ps(sum);
         for (int64_t c = 0; c < chunks; ++c) acc[c] = _mm512_setzero_ps();
         for (int64_t j = 0; j < n; ++j) {
-          const float weight = std::exp(scores[j] - top);
-          total += weight;
           const scalar_t* value = cache + ((half + slot[r * longest + j]) * kv_heads + kvh) * dim;
           for (int64_t c = 0; c < chunks; ++c)
-            acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(weight), load16(value + 16 * c), acc[c]);
+            acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[j]), load16(value + 16 * c), acc[c]);
         }
         float result[256];
         for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(result + 16 * c, acc[c]);

@@ -15,11 +15,15 @@
 //
 // Everything accumulates in float32; bfloat16 results are rounded once, at the end.
 //
-// The code: common.h (shared helpers), quantized_linear.cpp, small_ops.cpp, attention.cpp; this file binds
-// them into one Python module.
+// The code: common.h (shared helpers), quantized_linear.cpp, small_ops.cpp, attention.cpp, and
+// decode_step.cpp (a decode step's layers in one call); this file binds them into one Python module.
 #include <torch/extension.h>
 
 #include "common.h"
+
+namespace tokenyard {
+void bind_decode_step(pybind11::module& m);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantized_linear", &tokenyard::quantized_linear, "y = x @ W.T for a groupwise 4- or 8-bit weight");
@@ -30,4 +34,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("write_kv_cache", &tokenyard::write_kv_cache, "new keys and values into their cache slots");
   m.def("decode_attention", &tokenyard::decode_attention, "one query per row over its paged context");
   m.def("chunk_attention", &tokenyard::chunk_attention, "short query chunks over their paged context, causally");
+  tokenyard::bind_decode_step(m);
 }

@@ -26,10 +26,6 @@ inline void store(T* out, float value) {
   *out = T(value);
 }
 
-inline float read(const void* values, bool bf16, int64_t i) {
-  return bf16 ? float(static_cast<const c10::BFloat16*>(values)[i]) : static_cast<const float*>(values)[i];
-}
-
 // Up to 16 values from i on (masked: past the end reads nothing), float32 or bfloat16, as float32.
 inline __m512 load_values(const void* values, bool bf16, int64_t i, __mmask16 mask) {
   if (!bf16) return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(values) + i);
@@ -37,16 +33,25 @@ inline __m512 load_values(const void* values, bool bf16, int64_t i, __mmask16 ma
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// sum over groups of min * sum(x in the group): what the mins add to an output (none when symmetric).
-inline float offset_of(const Problem& p, int64_t n, int64_t m) {
-  if (p.mins == nullptr) return 0.f;  // symmetric codes: a code of 0 is a weight of 0
+// Lane-wise partial sums over groups of (min - bias * scale) * sum(x in the group): what the mins add to an
+// output, less what a bias added to every code (see rows_bf16) added to it; zero for symmetric codes.
+inline __m512 offsets(const Problem& p, int64_t n, int64_t m, float bias = 0.f) {
   __m512 sum = _mm512_setzero_ps();
+  if (p.mins == nullptr && bias == 0.f) return sum;  // symmetric codes: a code of 0 is a weight of 0
   for (int64_t g = 0; g < p.groups; g += 16) {
     const __mmask16 mask = p.groups - g >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.groups - g)) - 1);
-    const __m512 mins = load_values(p.mins, p.bf16_scales, n * p.groups + g, mask);
+    __m512 mins = p.mins == nullptr ? _mm512_setzero_ps() : load_values(p.mins, p.bf16_scales, n * p.groups + g, mask);
+    if (bias != 0.f)
+      mins = _mm512_fnmadd_ps(load_values(p.scales, p.bf16_scales, n * p.groups + g, mask), _mm512_set1_ps(bias), mins);
     sum = _mm512_fmadd_ps(mins, _mm512_maskz_loadu_ps(mask, p.xsum + m * p.groups + g), sum);
   }
-  return _mm512_reduce_add_ps(sum);
+  return sum;
+}
+
+// One scale (or min) broadcast to 16 lanes.
+inline __m512 broadcast(const void* values, bool bf16, int64_t i) {
+  if (bf16) return _mm512_castsi512_ps(_mm512_set1_epi32(int32_t(static_cast<const uint16_t*>(values)[i]) << 16));
+  return _mm512_set1_ps(static_cast<const float*>(values)[i]);
 }
 
 // Rows are read side by side, which hides them from the hardware prefetcher: fetch ahead explicitly
@@ -89,59 +94,62 @@ void rows_float(const Problem& p, int64_t n, T* out) {
       }
     }
     for (int r = 0; r < R; ++r) {
-      const __m512 scale = _mm512_set1_ps(read(p.scales, p.bf16_scales, (n + r) * p.groups + g));
+      const __m512 scale = broadcast(p.scales, p.bf16_scales, (n + r) * p.groups + g);
       for (int m = 0; m < M; ++m)
         total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(even[r][m], odd[r][m]), scale, total[r][m]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(_mm512_add_ps(total[r][m], offsets(p, n + r, m))));
 }
 
-// 4-bit codes against bfloat16 x: codes become exact bfloat16 through a 16-entry table (vpermw) and
-// vdpbf16ps multiplies 32 pairs per instruction, twice the float32 FMA rate. 64 columns at a time (two
-// runs of 32): the low nibbles are columns k..k+15 and k+32..k+47, the high ones k+16..k+31 and
-// k+48..k+63, which is the order x_pairs holds x in. With groups of 32 the two runs' scales differ, so
-// the upper eight float lanes take the second run's scale.
+// 4-bit codes against bfloat16 x: vdpbf16ps multiplies 32 pairs per instruction, twice the float32 FMA rate.
+// A code becomes an exact bfloat16 by OR-ing its bits into the mantissa of 128.0 (bias + code, one logic op;
+// offsets() takes the bias back out once per output). 64 columns at a time (two runs of 32): the low nibbles
+// are columns k..k+15 and k+32..k+47, the high ones k+16..k+31 and k+48..k+63, the order x_pairs holds x in.
+// The scales apply once per group; with groups of 32 the two runs' scales differ, so the upper eight float
+// lanes take the second run's.
 template <int M, int R, bool kGroupsOf32, typename T>
 __attribute__((target("avx512bf16"))) void rows_bf16(const Problem& p, int64_t n, T* out) {
-  const int64_t row_bytes = p.K / 2;
-  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(codes, codes);  // code -> its bfloat16, twice over
-  const __m512i low_nibble = _mm512_set1_epi16(15);
-  __m512 total[R][M];
+  const int64_t row_bytes = p.K / 2, steps_per_group = kGroupsOf32 ? 1 : p.group / 64;
+  const __m512i low_nibble = _mm512_set1_epi16(15), bias = _mm512_set1_epi16(0x4300);  // bfloat16 128.0
+  __m512 total[R][M], low[R][M], high[R][M];
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) total[r][m] = _mm512_setzero_ps();
-  const int64_t step = kGroupsOf32 ? 64 : p.group;
-  for (int64_t k0 = 0; k0 < p.K; k0 += step) {
-    __m512 low[R][M], high[R][M];
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) low[r][m] = high[r][m] = _mm512_setzero_ps();
-    for (int64_t k = k0; k < k0 + step; k += 64) {
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* bytes = p.codes + (n + r) * row_bytes + k / 2;
-        if (k % 128 == 0) prefetch(bytes + kPrefetchRows * row_bytes);  // once per 64-byte line
-        const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
-        const __m512bh w_low = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(words, low_nibble), table);
-        const __m512bh w_high = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);
-        for (int m = 0; m < M; ++m) {
-          const uint16_t* x = p.x_pairs + m * p.K + k;
-          low[r][m] = _mm512_dpbf16_ps(low[r][m], w_low, (__m512bh)_mm512_loadu_si512(x));
-          high[r][m] = _mm512_dpbf16_ps(high[r][m], w_high, (__m512bh)_mm512_loadu_si512(x + 32));
-        }
-      }
+    for (int m = 0; m < M; ++m) total[r][m] = low[r][m] = high[r][m] = _mm512_setzero_ps();
+  int64_t group = 0, steps_left = steps_per_group;
+  for (int64_t k = 0; k < p.K; k += 64) {
+    __m512bh x_low[M], x_high[M];
+    for (int m = 0; m < M; ++m) {
+      x_low[m] = (__m512bh)_mm512_loadu_si512(p.x_pairs + m * p.K + k);
+      x_high[m] = (__m512bh)_mm512_loadu_si512(p.x_pairs + m * p.K + k + 32);
     }
     for (int r = 0; r < R; ++r) {
-      const int64_t g = (n + r) * p.groups + k0 / p.group;
-      const __m512 first = _mm512_set1_ps(read(p.scales, p.bf16_scales, g));
-      const __m512 scales =  // with groups of 32, lanes 8-15 take the second run's scale
-          kGroupsOf32 ? _mm512_mask_blend_ps(0xFF00, first, _mm512_set1_ps(read(p.scales, p.bf16_scales, g + 1))) : first;
-      for (int m = 0; m < M; ++m)
-        total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(low[r][m], high[r][m]), scales, total[r][m]);
+      const uint8_t* bytes = p.codes + (n + r) * row_bytes + k / 2;
+      if (k % 128 == 0) prefetch(bytes + kPrefetchRows * row_bytes);  // once per 64-byte line
+      const __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+      const __m512bh w_low = (__m512bh)_mm512_ternarylogic_epi32(words, low_nibble, bias, 0xEA);  // (w & 15) | bias
+      const __m512bh w_high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bias);
+      for (int m = 0; m < M; ++m) {
+        low[r][m] = _mm512_dpbf16_ps(low[r][m], w_low, x_low[m]);
+        high[r][m] = _mm512_dpbf16_ps(high[r][m], w_high, x_high[m]);
+      }
     }
+    if (--steps_left > 0) continue;
+    for (int r = 0; r < R; ++r) {  // the end of a group (of two, with groups of 32)
+      const int64_t g = (n + r) * p.groups + group;
+      const __m512 first = broadcast(p.scales, p.bf16_scales, g);
+      const __m512 scales = kGroupsOf32 ? _mm512_mask_blend_ps(0xFF00, first, broadcast(p.scales, p.bf16_scales, g + 1)) : first;
+      for (int m = 0; m < M; ++m) {
+        total[r][m] = _mm512_fmadd_ps(_mm512_add_ps(low[r][m], high[r][m]), scales, total[r][m]);
+        low[r][m] = high[r][m] = _mm512_setzero_ps();
+      }
+    }
+    group += kGroupsOf32 ? 2 : 1;
+    steps_left = steps_per_group;
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+    for (int m = 0; m < M; ++m)
+      store(out + m * p.N + n + r, _mm512_reduce_add_ps(_mm512_add_ps(total[r][m], offsets(p, n + r, m, 128.f))));
 }
 
 // The same product for several rows of x, where per-group work would be paid once per row of x: each
@@ -160,10 +168,10 @@ __attribute__((target("avx512bf16"))) void rows_bf16_folded(const Problem& p, in
   for (int64_t k = 0; k < p.K; k += 64) {
     for (int r = 0; r < R; ++r) {
       const int64_t first = (n + r) * p.groups + k / p.group, second = (n + r) * p.groups + (k + 32) / p.group;
-      const __m512 run_a = _mm512_fmadd_ps(codes, _mm512_set1_ps(read(p.scales, p.bf16_scales, first)),
-                                           _mm512_set1_ps(p.mins ? read(p.mins, p.bf16_scales, first) : 0.f));
-      const __m512 run_b = _mm512_fmadd_ps(codes, _mm512_set1_ps(read(p.scales, p.bf16_scales, second)),
-                                           _mm512_set1_ps(p.mins ? read(p.mins, p.bf16_scales, second) : 0.f));
+      const __m512 run_a = _mm512_fmadd_ps(codes, broadcast(p.scales, p.bf16_scales, first),
+                                           p.mins ? broadcast(p.mins, p.bf16_scales, first) : _mm512_setzero_ps());
+      const __m512 run_b = _mm512_fmadd_ps(codes, broadcast(p.scales, p.bf16_scales, second),
+                                           p.mins ? broadcast(p.mins, p.bf16_scales, second) : _mm512_setzero_ps());
       const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(run_b, run_a);
       const uint8_t* bytes = p.codes + (n + r) * row_bytes + k / 2;
       if (k % 128 == 0) prefetch(bytes + kPrefetchRows * row_bytes);
@@ -206,12 +214,12 @@ __attribute__((target("avx512bf16"))) void rows_bf16_int8(const Problem& p, int6
       }
     }
     for (int r = 0; r < R; ++r) {
-      const __m512 scale = _mm512_set1_ps(read(p.scales, p.bf16_scales, (n + r) * p.groups + g));
+      const __m512 scale = broadcast(p.scales, p.bf16_scales, (n + r) * p.groups + g);
       for (int m = 0; m < M; ++m) total[r][m] = _mm512_fmadd_ps(part[r][m], scale, total[r][m]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(total[r][m]) + offset_of(p, n + r, m));
+    for (int m = 0; m < M; ++m) store(out + m * p.N + n + r, _mm512_reduce_add_ps(_mm512_add_ps(total[r][m], offsets(p, n + r, m))));
 }
 
 // Weight rows [n_begin, n_end) against M (1..8) rows of x: four weight rows at a time for one or two
