@@ -30,13 +30,20 @@ inline __m512 load16(const c10::BFloat16* p) {  // bfloat16 is the upper half of
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-inline void store16(c10::BFloat16* p, __m512 v) {  // round to nearest even, as c10::BFloat16 does
+// 16 floats as bfloat16 bits, rounded to nearest even as c10::BFloat16 does.
+inline __m256i bfloat16_bits(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
+
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(c10::BFloat16* p, __m512 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bfloat16_bits(v)); }
+
+// Only the lanes of `valid` (a tile's last rows may not exist).
+inline void store16(float* p, __m512 v, __mmask16 valid) { _mm512_mask_storeu_ps(p, valid, v); }
+inline void store16(c10::BFloat16* p, __m512 v, __mmask16 valid) { _mm256_mask_storeu_epi16(p, valid, bfloat16_bits(v)); }
 
 // exp(x) for 16 floats: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial (~1e-7 relative).
 inline __m512 exp16(__m512 x) {
@@ -50,7 +57,7 @@ inline __m512 exp16(__m512 x) {
 }
 
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                            const at::Tensor& mins, int64_t bits, int64_t group);
+                            const at::Tensor& mins, int64_t bits, int64_t group, int64_t out_features);
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                                                 double eps);

@@ -6,10 +6,12 @@
 // costs microseconds of dispatch. These kernels do both jobs in one pass each:
 //
 // * quantized_linear: y = x @ W.T for W[n, k] = code[n, k] * scale[n, g] + min[n, g] (g = k / group),
-//   computed as sum_g scale * (codes . x) + sum_g min * sum(x in g), so codes are converted to float once
-//   per weight and multiplied by every row of x while they sit in registers. 8-bit codes are stored as
-//   int8 (code - 128, folded into min); 4-bit codes two per byte: in each run of 32 codes, byte i holds
-//   code i in its low nibble and code i + 16 in its high one.
+//   computed as sum_g scale * (codes . x) + sum_g min * sum(x in g), so codes are converted once per
+//   weight and multiplied by every row of x while they sit in registers. 8-bit codes are stored row by
+//   row as int8 (code - 128, folded into min). 4-bit codes are stored in tiles of 16 rows, so that a
+//   vector's lanes are 16 rows and no horizontal sums are needed: per tile, blocks of 8 columns, 64 bytes a
+//   block, whose 16-bit word 2r + p holds in nibble q the code of row r at column 8b + 2q + p; their scales
+//   and mins as (tiles, groups, 16).
 // * rms_norm / add_rms_norm, rotary, silu_and_mul, and attention of decode rows (and the drafts they
 //   verify) over the paged KV cache: one call where eager PyTorch needs five to fifteen.
 //

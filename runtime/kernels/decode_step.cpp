@@ -15,7 +15,7 @@ namespace {
 // for any other weight (dense ones: their matmul takes ~100x longer than the call into Python).
 struct Projection {
   at::Tensor codes, scales, mins;
-  int64_t bits = 0, group = 0;
+  int64_t bits = 0, group = 0, out_features = 0;
   std::optional<at::Tensor> bias;
   py::object forward;
 
@@ -24,7 +24,7 @@ struct Projection {
       py::gil_scoped_acquire hold;
       return forward(x).cast<at::Tensor>();
     }
-    at::Tensor y = quantized_linear(x, codes, scales, mins, bits, group);
+    at::Tensor y = quantized_linear(x, codes, scales, mins, bits, group, out_features);
     return bias ? y.add_(*bias) : y;
   }
 };
@@ -86,13 +86,14 @@ void bind_decode_step(py::module& m) {
   py::class_<Projection>(m, "Projection", "a linear layer of the native decode step")
       .def_static(
           "quantized",
-          [](at::Tensor codes, at::Tensor scales, at::Tensor mins, int64_t bits, int64_t group,
+          [](at::Tensor codes, at::Tensor scales, at::Tensor mins, int64_t bits, int64_t group, int64_t out_features,
              std::optional<at::Tensor> bias) {
-            return Projection{std::move(codes), std::move(scales), std::move(mins), bits, group, std::move(bias), {}};
+            return Projection{std::move(codes), std::move(scales), std::move(mins), bits, group, out_features,
+                              std::move(bias), {}};
           },
           "the groupwise kernel on these codes (see quantized_linear), plus a bias if given")
       .def_static(
-          "python", [](py::object forward) { return Projection{{}, {}, {}, 0, 0, std::nullopt, std::move(forward)}; },
+          "python", [](py::object forward) { return Projection{{}, {}, {}, 0, 0, 0, std::nullopt, std::move(forward)}; },
           "a call back into Python: forward(x) -> y");
   py::class_<Layer>(m, "Layer", "one decoder layer's weights")
       .def(py::init<at::Tensor, at::Tensor, Projection, Projection, Projection, Projection>(), py::arg("input_norm"),

@@ -123,7 +123,8 @@ class Int8GroupWeight(QuantizedWeight):
 class CpuGroupWeight(QuantizedWeight):
     """Any weight of up to 8 bits for tokenyard's own CPU kernel (``runtime/kernels``), which streams codes
     near memory bandwidth at batch 1: 8-bit codes as int8 (``code - 128``, the 128 folded into the mins),
-    narrower ones as 4-bit, two per byte (in each run of 32: code i low, code i + 16 high)."""
+    row by row; narrower ones as 4-bit in tiles of 16 rows (``_tiled_nibbles``), their scales and mins
+    tiled alike."""
 
     def __init__(self, groups: AffineGroups, group_size: int, dtype: torch.dtype) -> None:
         """Scales and mins are kept in the serving dtype, as PyTorch's kernels keep them: bfloat16 halves the
@@ -140,8 +141,7 @@ class CpuGroupWeight(QuantizedWeight):
         if self.bits == 8:
             codes, mins = (groups.codes.to(torch.int16) - 128).to(torch.int8), mins + 128 * scales
         else:
-            runs = groups.codes.view(self.out_features, -1, 2, 16)
-            codes = (runs[:, :, 0] | runs[:, :, 1] << 4).reshape(self.out_features, -1)
+            codes, scales, mins = _tiled_nibbles(groups.codes), _tiled_rows(scales), _tiled_rows(mins)
         scales, mins = scales.to(dtype), mins.to(dtype)
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("scales", scales.contiguous())
@@ -151,7 +151,7 @@ class CpuGroupWeight(QuantizedWeight):
         # the per-call path is a few microseconds of Python around the kernel, and 121 calls make a token:
         # plain attributes (an nn.Module buffer lookup costs ~1 us each; this class never changes device)
         self.kernel = cpu_kernels().quantized_linear
-        self.kernel_args = (self.codes, self.scales, self.mins, self.bits, self.group_size)
+        self.kernel_args = (self.codes, self.scales, self.mins, self.bits, self.group_size, self.out_features)
         self.act_order = self.perm is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +175,23 @@ class CpuGroupWeight(QuantizedWeight):
             return k
         size = _kernel_group_size(groups)
         return size if size % 32 == 0 and (groups.group_size % size == 0 or groups.group_size >= k) else None
+
+
+def _tiled_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (N, K) as the CPU kernel reads them: rows in tiles of 16 (the last one padded with zero
+    rows), each tile in blocks of 8 columns, 64 bytes a block, where 16-bit word ``2r + p`` holds in nibble
+    ``q`` the code of the tile's row ``r`` at column ``8b + 2q + p``. Returns (tiles * 16, K / 2) uint8."""
+    n, k = codes.shape
+    tiles = F.pad(codes, (0, 0, 0, -n % 16)).view(-1, 16, k // 8, 4, 2)  # tile, row, block, q, p
+    nibbles = tiles.permute(0, 2, 1, 4, 3)  # tile, block, row, p, q
+    low_byte, high_byte = nibbles[..., 0] | nibbles[..., 1] << 4, nibbles[..., 2] | nibbles[..., 3] << 4
+    return torch.stack([low_byte, high_byte], dim=-1).reshape(-1, k // 2).contiguous()
+
+
+def _tiled_rows(values: torch.Tensor) -> torch.Tensor:
+    """Per-row, per-group values (N, groups) in the tiles' order: (tiles, groups, 16), padded with zeros."""
+    n, groups = values.shape
+    return F.pad(values, (0, 0, 0, -n % 16)).view(-1, 16, groups).transpose(1, 2).contiguous()
 
 
 def make_quantized_weight(groups: AffineGroups, dtype: torch.dtype, device: torch.device) -> QuantizedWeight:

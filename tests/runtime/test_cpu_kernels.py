@@ -200,14 +200,24 @@ def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama
             assert step_a[token] == pytest.approx(step_b[token], abs=1e-4)
 
 
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3}
+
+
 @pytest.mark.parametrize(
-    "speculative", [None, {"method": "ngram", "num_speculative_tokens": 3}], ids=["plain", "ngram"]
+    ("dtype", "speculative", "quantization"),
+    [
+        ("float32", None, None),
+        ("float32", NGRAM, None),
+        ("bfloat16", None, None),
+        ("bfloat16", NGRAM, None),
+        ("bfloat16", None, "int4"),
+        ("float32", NGRAM, "int8"),
+    ],
 )
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_flat_decode_path_decodes_what_the_modules_decode(tiny_llama_dir, dtype, speculative):
-    """Steps of a few rows that decode (and verify drafts) take the flat path; enforce_eager sends every step
-    through the modules. Batched and single, with logprobs; float32 and bfloat16 alike (the same kernels, in
-    the same order)."""
+def test_the_native_decode_step_decodes_what_the_modules_decode(tiny_llama_dir, dtype, speculative, quantization):
+    """Steps of a few rows that decode (and verify drafts) take the native step; enforce_eager sends every
+    step through the modules. Batched and single, with logprobs; float32 and bfloat16, float and quantized
+    weights alike (the same kernels, in the same order)."""
     prompts = ["The cat sat on", "Once upon a time, in a small village by the sea, there lived", "Hello"]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
 
@@ -218,6 +228,8 @@ def test_the_flat_decode_path_decodes_what_the_modules_decode(tiny_llama_dir, dt
             enforce_eager=enforce_eager,
             kv_cache_memory_bytes=4 << 20,
             speculative_config=speculative,
+            quantization=quantization,
+            quantization_group_size=32,
         )
         assert (llm.engine.runner.cpu_decode is None) == enforce_eager
         return [o.outputs[0] for o in llm.generate(prompts, params) + llm.generate(prompts[:1], params)]
