@@ -19,6 +19,7 @@ from tokenyard.runtime.layers.sampler import Sampled, SamplingRow
 from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
 from tokenyard.runtime.spec_decode.config import SpeculativeConfig
+from tokenyard.runtime.spec_decode.policy import DraftBudget
 from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, build_proposer
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class LLMEngine:
         self.num_generation_tokens = 0
         self.speculative = SpeculativeConfig.from_dict(config.speculative_config) if config.speculative_config else None
         self.proposer = build_proposer(config, self.speculative, self.runner.loaded) if self.speculative else None
+        adaptive = self.speculative is not None and self.speculative.adaptive
+        self.draft_budget = DraftBudget(self.speculative.num_speculative_tokens) if adaptive else None
         self.spec_decode_stats = SpecDecodeStats()
 
     # --- requests -------------------------------------------------------------------------------
@@ -142,12 +145,15 @@ class LLMEngine:
     # --- one step ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Propose draft tokens, schedule, run the model once, and report every request that got new tokens."""
+        start = time.perf_counter()
         self._propose()
         batch = self.scheduler.schedule()
         if not batch:
             return []
         finishing = [s for s, n in batch.items() if s.num_computed_tokens + n >= s.num_tokens]
         sampled = self.runner.execute(batch, [self._sampling_row(s) for s in finishing])
+        if self.draft_budget is not None and all(seq.output_token_ids for seq in batch.seqs):  # decodes only
+            self.draft_budget.record_step(len(batch.seqs), sum(batch.num_new_tokens), time.perf_counter() - start)
         results = dict(zip(finishing, sampled, strict=True))
         now = time.monotonic()
         outputs = []
@@ -164,12 +170,15 @@ class LLMEngine:
                 self._requests.pop(seq.request_id, None)
                 if self.proposer is not None:
                     self.proposer.release(seq)
+                if self.draft_budget is not None:
+                    self.draft_budget.release(seq)
         return outputs
 
     def _propose(self) -> None:
         """Draft tokens for running sequences that decode, and, where the proposer is cheap, for those whose
         next step may finish their prompt. None while min_tokens is not reached (only the first verified
-        position can ban EOS), none past max_tokens, and none above disable_by_batch_size."""
+        position can ban EOS), none past max_tokens, none above disable_by_batch_size, and (adaptive) only
+        as many as pay for their compute at this load (runtime/spec_decode/policy.py)."""
         spec = self.speculative
         if spec is None:
             return
@@ -184,6 +193,8 @@ class LLMEngine:
             return
         seqs = [s for s in candidates if len(s.output_token_ids) >= s.params.min_tokens]
         limits = [max(min(spec.num_speculative_tokens, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs]
+        if self.draft_budget is not None:
+            limits = self.draft_budget.limits(seqs, limits, step_rows=len(running))
         self.proposer.propose(seqs, limits)
 
     def _next_admitted(self) -> list[Sequence]:
@@ -205,6 +216,8 @@ class LLMEngine:
         num_drafts, num_accepted = len(seq.draft_token_ids), len(sampled) - 1
         if num_drafts:
             self.spec_decode_stats.record(num_drafts, num_accepted)
+            if self.draft_budget is not None:
+                self.draft_budget.record_verify(seq, num_drafts, num_accepted)
         seq.keep_drafts(0)
         finish = None
         for result in sampled:

@@ -25,6 +25,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
     lookup_recent_outputs: int = DEFAULT_RECENT_OUTPUTS  # ngram only; 0 searches the sequence alone (vLLM's)
     disable_by_batch_size: int | None = None  # no speculation while more requests than this are running or waiting
+    # Draft only the tokens that pay for their compute at the current load (policy.py). Off by default: after
+    # a busy spell it can under-draft at batch 1 until its per-load fit has caught up (docs/benchmarks.md).
+    adaptive: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SpeculativeConfig:
@@ -61,6 +64,13 @@ class SpeculativeConfig:
         limit = raw.get("disable_by_batch_size")
         if limit is not None:
             require(isinstance(limit, int) and limit >= 1, "speculative_config.disable_by_batch_size", limit, ">= 1")
+        adaptive = raw.get("adaptive", False)
+        require(
+            isinstance(adaptive, bool),
+            "speculative_config.adaptive",
+            adaptive,
+            "true (draft what pays at the current load) or false (always num_speculative_tokens)",
+        )
         return cls(
             method,
             k,
@@ -71,4 +81,5 @@ class SpeculativeConfig:
             lookup_max,
             recent,
             limit,
+            adaptive,
         )

@@ -28,7 +28,15 @@ REPEATING = [  # prompts whose continuation a lookup can find in themselves
     {"prompt_token_ids": [3] * 6},
     {"prompt_token_ids": list(range(20, 60))},
 ]
-NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+# Verification is under test here, so every step drafts all it can: whether drafts pay at a load is the adaptive
+# policy's business (tests/runtime/test_spec_policy.py), and on these tiny random models they rarely do.
+NGRAM = {
+    "method": "ngram",
+    "num_speculative_tokens": 3,
+    "prompt_lookup_min": 1,
+    "prompt_lookup_max": 3,
+    "adaptive": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +73,7 @@ def spec_llm(target, draft=None, k: int = 3, draft_dtype: str = "float32", ngram
     spec = {**NGRAM, **(ngram or {})}
     if draft is not None:
         spec = {"method": "draft_model", "num_speculative_tokens": k, "model": str(draft), "dtype": draft_dtype}
+        spec["adaptive"] = False
     return LLM(str(target), speculative_config=spec, **{**SMALL, **settings})
 
 
@@ -296,6 +305,7 @@ def test_recent_outputs_propose_what_most_of_them_continue_with_and_forget_the_o
             r"prompt_lookup_min=4 .*<= prompt_lookup_max \(2\)",
         ),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 3}, r"\['lookahead'\].*made of the keys"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "adaptive": "yes"}, r"adaptive='yes' .*true .*or false"),
         (
             {"method": "ngram", "num_speculative_tokens": 2, "lookup_recent_outputs": -1},
             r"lookup_recent_outputs=-1 .*integer >= 0",
