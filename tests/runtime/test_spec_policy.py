@@ -95,28 +95,31 @@ def test_in_between_the_chosen_draft_length_is_the_goodput_maximum(rate):
     assert chosen == [best] * rows
 
 
+def limits_of_two(budget: DraftBudget, rows: int, first: Sequence, second: Sequence) -> tuple[int, int]:
+    """The limits of two sequences in a step of ``rows`` rows (the others with no record of their own)."""
+    others = [sequence(str(i)) for i in range(rows - 2)]
+    limits = budget.limits([first, second, *others], [K] * rows, step_rows=rows)
+    return limits[0], limits[1]
+
+
 def test_drafts_that_come_in_runs_are_drafted_whole_where_independent_ones_are_cut():
     """n-gram lookups are right or wrong for a whole span: once the first draft is kept the rest mostly are,
     so their later drafts are worth more than independent tokens' at the same first-draft rate."""
-    rows = 8
-    budget = budget_with(0.01, 0.0004, rows=rows)
+    budget = budget_with(0.01, 0.0004, rows=8)
     spans, tokens = sequence("spans"), sequence("tokens")
     runs(budget, spans, 0.6)
     geometric(budget, tokens, 0.6)
-    others = [sequence(str(i)) for i in range(rows - 2)]
-    limits = budget.limits([spans, tokens, *others], [K] * rows, step_rows=rows)
-    assert limits[0] == K > limits[1]
+    spans_limit, tokens_limit = limits_of_two(budget, 8, spans, tokens)
+    assert spans_limit == K > tokens_limit
 
 
 def test_a_sequence_whose_drafts_are_kept_drafts_more_than_one_whose_drafts_fail():
-    rows = 16
-    budget = budget_with(0.01, 0.0005, rows=rows)
+    budget = budget_with(0.01, 0.0005, rows=16)
     hits, misses = sequence("hits"), sequence("misses")
     geometric(budget, hits, 0.9)
     geometric(budget, misses, 0.1)
-    others = [sequence(str(i)) for i in range(rows - 2)]
-    limits = budget.limits([hits, misses, *others], [K] * rows, step_rows=rows)
-    assert limits[0] > limits[1] == 0
+    hits_limit, misses_limit = limits_of_two(budget, 16, hits, misses)
+    assert hits_limit > misses_limit == 0
 
 
 def test_caps_still_bound_every_sequence():
