@@ -42,6 +42,7 @@ bench: install
 	$(PY) -m benchmarks.spec_decode --out docs/benchmarks.md
 	$(PY) -m benchmarks.tensor_parallel --out docs/benchmarks.md
 	$(PY) -m benchmarks.accuracy --out docs/benchmarks.md
+	$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && $(PY) -m benchmarks.gpu --out docs/benchmarks.md || echo 'no GPU: the gpu section is left as it was'
 
 serve: install
 	@echo 'Starting the local stack: tokenyard serve (packaged SmolLM2-135M-Instruct) on :8000, the gateway on :8080.'

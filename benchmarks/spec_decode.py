@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     for llm in (prompt_only, with_recent):
         llm.chat(warm_up, CLASSIFIER)
     latencies = [
-        latency_row(name, "prompt", plain, prompt_only, [[[chat]]] * args.repeats, long_answer)
+        latency_row(name, "prompt", plain, prompt_only, [[[chat]]] * args.grounded_repeats, long_answer)
         for name, chat in zip(GROUNDED, CHAT, strict=True)
     ]
     for lookup, spec in (("prompt", prompt_only), ("prompt + recent outputs", with_recent)):
@@ -230,7 +230,8 @@ def render(result: dict, args: argparse.Namespace) -> str:
         "harbour report to quote), 50 for the classifier workload (its ~450-token system prompt cached). "
         f"Settings: {_setting(result['best'])} looking up in the prompt only, {_setting(result['best_recent'])} "
         "with recent outputs too (each the best of its sweep below). Classifier requests: "
-        f"{args.repeats} x {args.classifier_requests} that this run had not sent before (after 32 others). "
+        f"{args.repeats} x {args.classifier_requests} that this run had not sent before (after 32 others); the "
+        f"extraction and summarisation prompts {args.grounded_repeats} times each. "
         "Speedup: the mean latency of the same requests without speculation over that with it; the median "
         "request's own speedup beside it.",
         "",
@@ -306,6 +307,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--classifier-requests", type=int, default=16, help="per repeat")
     parser.add_argument("--repeats", type=int, default=2)
+    # each a few seconds: enough of them that one slow spell on this shared machine cannot decide the ratio
+    parser.add_argument("--grounded-repeats", type=int, default=8, help="extraction and summarisation requests")
     parser.add_argument("--waves", type=int, default=2)
     parser.add_argument("--sweep-k", type=int, nargs="+", default=[2, 4, 6, 8])
     parser.add_argument("--sweep-lookup", type=_lookup, nargs="+", default=[(1, 3), (2, 4)], help="MIN..MAX, e.g. 2..4")

@@ -137,7 +137,7 @@ class RuntimeSpec(Spec):
     enable_prefix_caching: bool = Field(default=True, description="reuse the KV cache of shared prompt prefixes")
     enable_chunked_prefill: bool = Field(default=True, description="split long prompts across engine steps")
     kv_cache_dtype: Literal["auto", "int8", "fp8"] = Field(default="auto", description="KV cache element type")
-    enforce_eager: bool = Field(default=False, description="no CUDA graphs")
+    enforce_eager: bool = Field(default=False, description="every step through the model's modules (--enforce-eager)")
     tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs (or processes) one replica spans")
     speculative: SpeculativeSpec | None = Field(default=None, description="speculative decoding")
     startup_timeout_seconds: int = Field(

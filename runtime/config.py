@@ -30,7 +30,9 @@ class EngineConfig:
     quantization_group_size: int = 128  # int4: input columns sharing one scale and zero
     tensor_parallel_size: int = 1
     speculative_config: dict[str, Any] | None = None
-    enforce_eager: bool = False  # every step through the modules: no CUDA graphs, no flat CPU decode path
+    # every step through the model's modules: no flat CPU decode path (GPUs run every step eagerly for now: CUDA
+    # graphs, which this flag will also turn off, are not captured yet)
+    enforce_eager: bool = False
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's choice
 

@@ -56,7 +56,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--enforce-eager",
         action="store_true",
-        help="no CUDA graphs (GPU) and no flat decode path (CPU): every step through the modules",
+        help="every step through the model's modules: no flat decode path on CPU (GPU steps are eager "
+        "either way: CUDA graphs are not captured yet)",
     )
     group.add_argument("--seed", type=int, default=0)
 

@@ -47,7 +47,8 @@ class ModelRunner:
         self.cpu_decode = None if config.enforce_eager else CpuDecodePath.build(self.model, self.backend)
         self.block_size = config.block_size
         self.kv_caches: list[torch.Tensor] = []
-        # Static-shaped decode steps, which CUDA graphs need; on CPU padding would only cost time.
+        # Static-shaped decode steps, which CUDA graphs will need (none are captured yet); on CPU padding would only
+        # cost time.
         self.pad_decode_batches = self.device.type == "cuda" and not config.enforce_eager
         self.padding_block = -1  # set by allocate_kv_cache: one block past the pool, owned by nobody
 

@@ -2,13 +2,12 @@
 the serving dtype, products accumulate in float32/bfloat16, never float16).
 
 * per-channel int8: ``aten._weight_int8pack_mm`` on CPU; on CUDA a matmul on the weight cast to the
-  activation dtype, then the scales (correct, not fast; untested here).
+  activation dtype, then the scales (correct, not fast: tests/runtime/test_cuda.py).
 * groupwise 4-bit (int4, GPTQ, AWQ, GGUF Q4_0/Q4_1): ``aten._weight_int4pack_mm_for_cpu`` on CPU,
-  ``aten._weight_int4pack_mm`` on CUDA (bfloat16 only; written from PyTorch's docs, untested here:
-  no GPU on the development machine). The kernels compute ``(code - 8) * scale + zero`` per group and
-  refuse K that is not a multiple of the group size and N that is not a multiple of 16. K is served by
-  an equivalent smaller group size where one divides it, else padded (zero input columns contribute
-  nothing); N is padded and the extra outputs cut off.
+  ``aten._weight_int4pack_mm`` on CUDA (bfloat16 only; checked on an H100 by tests/runtime/test_cuda.py).
+  The kernels compute ``(code - 8) * scale + zero`` per group and refuse K that is not a multiple of the
+  group size and N that is not a multiple of 16. K is served by an equivalent smaller group size where one
+  divides it, else padded (zero input columns contribute nothing); N is padded and the extra outputs cut off.
 * groupwise 8-bit (GGUF Q8_0, 8-bit GPTQ): no torch kernel exists, so each code is split into its two
   nibbles, ``c = 16 hi + lo``, making two exact 4-bit weights side by side on K that the 4-bit kernel
   runs in one call on ``[x | x]`` (the same 8 bits per weight stream from memory).
@@ -40,19 +39,22 @@ class QuantizedWeight(nn.Module):
 
 
 class Int8ChannelWeight(QuantizedWeight):
-    def __init__(self, groups: AffineGroups, dtype: torch.dtype) -> None:
+    def __init__(self, groups: AffineGroups, dtype: torch.dtype, device: torch.device) -> None:
         super().__init__()
         if groups.bits != 8 or groups.scales.shape[1] != 1 or groups.perm is not None:
             raise ValueError("per-channel int8 needs 8-bit codes with one group per row")
         self.out_features, self.in_features = groups.codes.shape
-        self.register_buffer("weight", (groups.codes.to(torch.int16) - 128).to(torch.int8))
-        self.register_buffer("scales", groups.scales[:, 0].to(dtype))
+        self.register_buffer("weight", (groups.codes.to(torch.int16) - 128).to(torch.int8).to(device))
+        # the CPU kernel takes scales in the activations' dtype; on CUDA they stay float32, since one scale
+        # rounded to bfloat16 would shift a whole row by up to 0.4%, against a random rounding per weight
+        scales_dtype = dtype if device.type == "cpu" else torch.float32
+        self.register_buffer("scales", groups.scales[:, 0].to(device, scales_dtype))
         if not torch.equal(groups.mins, -128 * groups.scales):
             raise ValueError("per-channel int8 is symmetric: mins must be -128 * scales")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:  # no int8 weight-only GEMM is assumed on CUDA: scale after a plain matmul (untested here)
-            return F.linear(x, self.weight.to(x.dtype)) * self.scales
+        if x.is_cuda:  # no int8 weight-only GEMM in torch for CUDA: scale after a plain matmul
+            return (F.linear(x, self.weight.to(x.dtype)) * self.scales).to(x.dtype)
         return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
 
     def shared_rows(self) -> AffineGroups:
@@ -200,11 +202,11 @@ def make_quantized_weight(groups: AffineGroups, dtype: torch.dtype, device: torc
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and group_size and cpu_kernels():
         return CpuGroupWeight(groups, group_size, dtype)
     if groups.bits == 8 and groups.scales.shape[1] == 1 and groups.perm is None:
-        return Int8ChannelWeight(groups, dtype).to(device)
+        return Int8ChannelWeight(groups, dtype, device)
     if groups.bits <= 4:
-        return Int4GroupWeight(groups, dtype, device)
+        return Int4GroupWeight(groups, dtype, device).to(device)
     if groups.bits == 8:
-        return Int8GroupWeight(groups, dtype, device)
+        return Int8GroupWeight(groups, dtype, device).to(device)
     raise ValueError(f"no kernel serves {groups.bits}-bit weights (served: 2, 4 and 8 bits)")
 
 

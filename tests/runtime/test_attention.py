@@ -1,7 +1,8 @@
 """The torch attention backend against plain causal attention computed per sequence, across its paths:
 few decode rows (our CPU kernel reading the paged cache in place, or SDPA without it), many rows, rows
 sharing a cached prefix (cascade), short chunks (drafts to verify: the kernel, one query token per row)
-and prefill chunks, with a float cache and an int8 one."""
+and prefill chunks, with a float cache and an int8 one, on the CPU and (where there is one) a GPU, where an
+fp8 cache is checked too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ from tokenyard.runtime.layers import attention
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
 
 BS, KV_HEADS, HEADS, DIM = 4, 2, 6, 16
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+needs_fp8 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9), reason="needs a GPU with fp8"
+)
+# (device, our CPU attention kernels on, KV cache dtype); on a GPU the backend's torch paths serve every step
+PLACES = [
+    *(
+        pytest.param("cpu", kernels, kv, id=f"cpu-{'kernels' if kernels else 'eager'}-{kv}")
+        for kernels in (True, False)
+        for kv in ("auto", "int8")
+    ),
+    pytest.param("cuda", False, "auto", id="cuda-auto", marks=needs_cuda),
+    pytest.param("cuda", False, "int8", id="cuda-int8", marks=needs_cuda),
+    pytest.param("cuda", False, "fp8", id="cuda-fp8", marks=needs_fp8),
+]
 
 
 def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_position: int) -> torch.Tensor:
@@ -36,10 +54,12 @@ def naive(q_rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, first_
     ],
     ids=["one-decode", "few-decodes", "many-decodes", "shared-prefix", "mixed", "verify", "verify-shared"],
 )
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
-@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["kernels", "eager"])
-def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv_cache_dtype, cpu_kernels, monkeypatch):
-    """With an int8 cache the reference reads the dequantized cache: what the backend stored, new tokens included."""
+@pytest.mark.parametrize(("device", "cpu_kernels", "kv_cache_dtype"), PLACES)
+def test_backend_matches_plain_attention(
+    contexts, new_tokens, shared_blocks, device, cpu_kernels, kv_cache_dtype, monkeypatch
+):
+    """With an int8 or fp8 cache the reference reads the dequantized cache: what the backend stored, new tokens
+    included."""
     if not cpu_kernels:
         monkeypatch.setattr(attention, "kernels_for", lambda x: None)
     torch.manual_seed(0)
@@ -58,7 +78,7 @@ def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv
         starts.append(starts[-1] + n)
         slots += [table[p // BS] * BS + p % BS for p in range(context - n, context)]
     meta = AttentionMetadata(
-        torch.tensor(slots),
+        torch.tensor(slots, device=device),
         starts,
         contexts,
         tables,
@@ -66,8 +86,10 @@ def test_backend_matches_plain_attention(contexts, new_tokens, shared_blocks, kv
         block_size=BS,
     )
     backend = TorchAttentionBackend(kv_cache_dtype)
-    backend.prepare(meta, torch.device("cpu"))
-    out = backend.forward(q, k, v, cache, meta, DIM**-0.5)
+    backend.prepare(meta, torch.device(device))
+    device_cache = cache.to(device)  # written by the backend: the new tokens' keys and values
+    out = backend.forward(q.to(device), k.to(device), v.to(device), device_cache, meta, DIM**-0.5).cpu()
+    cache = device_cache.cpu()
     stored = cache if kv_cache_dtype == "auto" else dequantize_kv(cache, kv_cache_dtype, torch.float32)
     for row, (table, context, n) in enumerate(zip(tables, contexts, new_tokens, strict=True)):
         rows = slice(starts[row], starts[row + 1])

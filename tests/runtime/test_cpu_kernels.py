@@ -95,7 +95,7 @@ def test_every_quantized_format_gets_a_kernel_that_computes_its_weight(groups):
     ours = make_quantized_weight(groups, torch.float32, CPU)
     assert isinstance(ours, CpuGroupWeight)
     if groups.bits == 8 and groups.scales.shape[1] == 1:
-        theirs = Int8ChannelWeight(groups, torch.float32)
+        theirs = Int8ChannelWeight(groups, torch.float32, CPU)
     elif groups.bits == 8:
         theirs = Int8GroupWeight(groups, torch.float32, CPU)
     else:

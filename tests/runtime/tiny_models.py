@@ -45,6 +45,18 @@ def write_hf_model(family: str, out: Path, tokenizer, seed: int = 0, **overrides
     return out
 
 
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer built here ("w3 w17 ..." and ids 3..vocab_size-1; 0-2 are unk, bos, eos), for
+    machines that have not the packaged model, whose tokenizer the other tiny models borrow."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
 def _permute_for_gguf(weight: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp's converter layout for q/k projections (what a real llama GGUF holds)."""
     rows = weight.shape[0]
