@@ -26,7 +26,7 @@ class TensorParallel:
 
     def join(self, init_method: str, device: torch.device) -> None:
         """Enter the process group (every rank calls this; it returns once all have)."""
-        if device.type == "cuda":  # untested here (no GPU): NCCL wants each rank's current device set first
+        if device.type == "cuda":  # NCCL wants each rank's current device set first (not yet run: one-GPU machines)
             torch.cuda.set_device(self.rank)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",

@@ -219,3 +219,9 @@ def test_the_kv_cache_takes_the_gpu_up_to_gpu_memory_utilization(model_dir):
     used = total - torch.cuda.mem_get_info()[0]
     assert 0.3 * total - (1 << 30) < used <= 0.3 * total + (64 << 20)  # the allocator rounds tensors up to 2 MiB
     assert len(llm.generate(prompts()[:1], GREEDY)[0].outputs[0].token_ids) == GREEDY.max_tokens
+
+
+def test_tensor_parallelism_over_more_gpus_than_are_visible_is_refused(model_dir):
+    gpus = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"tensor_parallel_size={gpus + 1}.*visible GPUs \({gpus}\)"):
+        LLM(str(model_dir), tensor_parallel_size=gpus + 1, **ENGINE)
