@@ -6,8 +6,9 @@ and keeps the drafts up to the first rejected one. While a step's time is mostly
 (batch 1), the extra tokens are nearly free and every draft pays; under load each token costs its own
 compute and only drafts that are almost sure to be kept pay (vLLM users see speculation slow a busy server
 down). After SmartSpec's goodput (Liu et al., 2024): with a step time of ``a + b * n`` for ``n`` tokens (a
-line fitted to the engine's recent decode steps of about as many rows, or to all steps while those are too
-few: the cost of a token depends on the load) and ``T`` tokens expected from the step, one more draft token
+line fitted to the engine's recent decode steps of about as many rows, or of a neighbouring load while those
+are too few: the cost of a token depends on the load, and a line fitted to busy steps says nothing of a
+single row, whose time is mostly the weights streaming) and ``T`` tokens expected from the step, one more draft token
 raises tokens per second when the chance it is kept exceeds ``b * T / (a + b * n)``. The chance that draft
 ``j`` is kept is the product of the chances that each draft up to it is kept given the one before was:
 measured per position (n-gram drafts come in runs, so a later draft, once reached, is kept far more often
@@ -87,7 +88,6 @@ class DraftBudget:
         self._everyone = _Survival(max_tokens)
         self._sequences: dict[str, _Survival] = {}
         self._step_times: dict[int, _StepTime] = {}  # by rows, in powers of two: 1, 2-3, 4-7, ...
-        self._all_steps = _StepTime()
         self._steps_without_drafts = 0
 
     # --- what the engine reports -------------------------------------------------------------------
@@ -101,7 +101,6 @@ class DraftBudget:
         time, proposals included."""
         self._everyone.decay(self._decay)
         self._step_times.setdefault(rows.bit_length(), _StepTime()).record(tokens, seconds, self._decay)
-        self._all_steps.record(tokens, seconds, self._decay)
 
     def release(self, seq: Sequence) -> None:
         self._sequences.pop(seq.request_id, None)
@@ -136,7 +135,13 @@ class DraftBudget:
         return list(itertools.accumulate(given, operator.mul))
 
     def step_time(self, rows: int) -> tuple[float, float] | None:
-        """(a, b) of the step time ``a + b * tokens`` in seconds fitted to steps of about ``rows`` rows (to all
-        steps while those cannot tell), or None while nothing can."""
-        line = self._step_times.get(rows.bit_length())
-        return (line and line.fit()) or self._all_steps.fit()
+        """(a, b) of the step time ``a + b * tokens`` in seconds fitted to steps of about ``rows`` rows (up to
+        twice as many or half as many while those cannot tell, the lighter load first: it errs towards
+        drafting), or None while none can: then drafts go in full until the steps tell."""
+        bucket = rows.bit_length()
+        for near in (bucket, bucket - 1, bucket + 1):
+            line = self._step_times.get(near)
+            fit = line.fit() if line is not None else None
+            if fit is not None:
+                return fit
+        return None

@@ -160,10 +160,20 @@ def test_while_nothing_is_drafted_one_step_in_explore_every_drafts_in_full():
     assert all(limits == [0] * rows for i, limits in enumerate(decisions) if i not in full)
 
 
-def test_a_load_not_yet_seen_is_judged_by_the_line_of_all_steps():
+def test_a_load_not_yet_seen_is_judged_by_the_line_of_a_neighbouring_load():
     budget = budget_with(0.01, 0.002, rows=64)  # only steps of 64 rows so far
     assert budget.step_time(40) == pytest.approx(budget.step_time(64))
     seqs = [sequence(str(i)) for i in range(40)]
     for seq in seqs:
         geometric(budget, seq, 0.5)
     assert budget.limits(seqs, [K] * 40, step_rows=40) == [0] * 40
+
+
+def test_after_a_busy_spell_a_single_row_drafts_in_full_until_its_own_steps_tell():
+    """Busy steps' line (tokens costly, a small intercept) would cut a single row's drafts, whose step time is
+    mostly the weights streaming: loads far from any measured one draft in full."""
+    budget = budget_with(0.01, 0.002, rows=64)
+    assert budget.step_time(1) is None
+    seq = sequence("a")
+    geometric(budget, seq, 0.5)
+    assert budget.limits([seq], [K], step_rows=1) == [K]
