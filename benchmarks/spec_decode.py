@@ -51,6 +51,7 @@ GROUNDED = {
 }
 CHAT = [{"role": "user", "content": text} for text in GROUNDED.values()]
 CONCURRENCY = (1, 4, 16, 32, 64)
+MIN_THROUGHPUT_REQUESTS = 16  # at low concurrency a few requests would leave the rate to chance
 CLASSIFIER = SamplingParams(temperature=0, max_tokens=50)
 
 
@@ -145,13 +146,14 @@ def latency_row(name: str, lookup: str, plain: LLM, spec: LLM, batches: list[lis
 def sweep(
     plain: LLM,
     args: argparse.Namespace,
-    batches: Callable[[], list[list]],
+    workloads: Callable[[], list[list[list]]],
     params: SamplingParams,
     warm_up: list | None = None,
 ) -> tuple[list[tuple[str, float, float]], dict]:
-    """Batch-1 speedup of each setting on the requests ``batches()`` returns (fresh ones for every setting
-    where they must be), as ``latency_row`` measures it; the best setting. With ``warm_up`` (classifier
-    requests), lookups search recent outputs too, after those requests."""
+    """Batch-1 speedup of each setting on each workload ``workloads()`` returns (its batches, as
+    ``latency_row`` takes them; fresh requests for every setting where they must be), scored by its slowest
+    workload: one setting serves them all, and each must gain. Returns (setting, score, acceptance) rows and
+    the best setting. With ``warm_up`` (classifier requests), lookups search recent outputs too, after those."""
     recent = DEFAULT_RECENT_OUTPUTS if warm_up else 0
     results, best, best_speedup = [], None, 0.0
     for k in args.sweep_k:
@@ -159,10 +161,13 @@ def sweep(
             spec = ngram(k, lookup_min, lookup_max, recent)
             llm = engine(spec, args)
             llm.chat(warm_up or [CHAT[:1]], SamplingParams(temperature=0, max_tokens=50 if warm_up else 4))
-            row = latency_row("", "", plain, llm, batches(), params)
-            results.append((f"k={k}, lookup {lookup_min}..{lookup_max}", row.speedup, row.acceptance))
-            if row.speedup > best_speedup:
-                best, best_speedup = spec, row.speedup
+            stats = llm.engine.spec_decode_stats
+            accepted, drafted = stats.num_accepted_tokens, stats.num_draft_tokens  # the warm-up's are not counted
+            speedup = min(latency_row("", "", plain, llm, batches, params).speedup for batches in workloads())
+            acceptance = (stats.num_accepted_tokens - accepted) / max(stats.num_draft_tokens - drafted, 1)
+            results.append((f"k={k}, lookup {lookup_min}..{lookup_max}", speedup, acceptance))
+            if speedup > best_speedup:
+                best, best_speedup = spec, speedup
             del llm
     return results, best
 
@@ -185,13 +190,13 @@ def run(args: argparse.Namespace) -> dict:
     plain = engine(None, args)
     plain.chat(warm_up, CLASSIFIER)
     long_answer = SamplingParams(temperature=0, max_tokens=args.max_tokens)
-    grounded = [[[chat] for chat in CHAT]] * 2
+    grounded = [[[[chat]]] * args.sweep_repeats for chat in CHAT]  # per prompt, its requests one at a time
     swept, best = sweep(plain, args, lambda: grounded, long_answer)
 
     def classifier_batches() -> list[list]:
         return [fresh.take(args.classifier_requests) for _ in range(args.repeats)]
 
-    swept_recent, best_recent = sweep(plain, args, classifier_batches, CLASSIFIER, warm_up)
+    swept_recent, best_recent = sweep(plain, args, lambda: [classifier_batches()], CLASSIFIER, warm_up)
     prompt_only, with_recent = engine(best, args), engine(best_recent, args)
     for llm in (prompt_only, with_recent):
         llm.chat(warm_up, CLASSIFIER)
@@ -205,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
     adaptive.chat(warm_up, CLASSIFIER)
     rates = []
     for concurrency in CONCURRENCY:
-        conversations = fresh.take(concurrency * args.waves)
+        conversations = fresh.take(max(concurrency * args.waves, MIN_THROUGHPUT_REQUESTS))
         rates.append(
             (concurrency, *(throughput(llm, conversations, concurrency) for llm in (plain, adaptive, with_recent)))
         )
@@ -248,7 +253,8 @@ def render(result: dict, args: argparse.Namespace) -> str:
         )
     lines += [
         "",
-        "Throughput, classifier workload (50 tokens at most, EOS ends a request), requests submitted together, "
+        "Throughput, classifier workload (50 tokens at most, EOS ends a request), requests submitted `concurrency` "
+        f"at a time, {args.waves} waves or {MIN_THROUGHPUT_REQUESTS} requests, whichever is more; "
         'n-gram lookup in the prompt and recent outputs (the default). Adaptive (`"adaptive": true`): each '
         "sequence drafts only the tokens that pay at the current load (`runtime/spec_decode/policy.py`); always "
         "(the default, vLLM's behaviour): num_speculative_tokens at every step. The three engines take the same "
@@ -265,9 +271,11 @@ def render(result: dict, args: argparse.Namespace) -> str:
     lines += [
         "",
         "Sweeps (batch-1 speedup, acceptance = accepted / drafted): the extraction and summarisation prompts "
-        "looking up in the prompt only; fresh classifier requests looking up in recent outputs too.",
+        f"({args.sweep_repeats} requests each) looking up in the prompt only, each setting scored by the slower "
+        "of the two (one setting serves both, and each must gain); fresh classifier requests looking up in "
+        "recent outputs too.",
         "",
-        "| setting | extraction + summarisation | acceptance | classifier workload | acceptance |",
+        "| setting | extraction, summarisation: the slower | acceptance | classifier workload | acceptance |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     lines += [
@@ -311,6 +319,7 @@ def main() -> None:
     parser.add_argument("--grounded-repeats", type=int, default=8, help="extraction and summarisation requests")
     parser.add_argument("--waves", type=int, default=2)
     parser.add_argument("--sweep-k", type=int, nargs="+", default=[2, 4, 6, 8])
+    parser.add_argument("--sweep-repeats", type=int, default=3, help="requests per grounded prompt and setting")
     parser.add_argument("--sweep-lookup", type=_lookup, nargs="+", default=[(1, 3), (2, 4)], help="MIN..MAX, e.g. 2..4")
     args = parser.parse_args()
     report = render(run(args), args)
