@@ -18,6 +18,17 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
         self._ids = itertools.count()
 
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the engine and free its memory (the GPU's too) and its tensor-parallel workers; ``with LLM(...) as
+        llm:`` does it on leaving the block. Needed before another tensor-parallel engine starts in this process."""
+        self.engine.shutdown()
+
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLM:
         return cls(**{name: getattr(config, name) for name in EngineConfig.__dataclass_fields__})

@@ -52,7 +52,9 @@ class TensorParallelWorkers:
             gpus = torch.cuda.device_count()
             require(size <= gpus, "tensor_parallel_size", size, f"at most the number of visible GPUs ({gpus})")
         if dist.is_initialized():
-            raise RuntimeError("a tensor-parallel engine is already running in this process: shut it down first")
+            raise RuntimeError(
+                "a tensor-parallel engine is already running in this process: shut it down first (LLM.shutdown())"
+            )
         if device.type == "cpu" and config.num_threads is None:  # the ranks share the cores
             config = dataclasses.replace(config, num_threads=max(torch.get_num_threads() // size, 1))
             torch.set_num_threads(config.num_threads)

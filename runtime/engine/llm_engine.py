@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import random
@@ -71,6 +72,7 @@ class LLMEngine:
         adaptive = self.speculative is not None and self.speculative.adaptive
         self.draft_budget = DraftBudget(self.speculative.num_speculative_tokens) if adaptive else None
         self.spec_decode_stats = SpecDecodeStats()
+        self.is_shut_down = False
 
     # --- requests -------------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
@@ -99,6 +101,8 @@ class LLMEngine:
         """Validate and queue a request. Raises ValueError (naming the field and what is allowed) and
         changes nothing when the request is invalid."""
         params = params or SamplingParams()
+        if self.is_shut_down:
+            raise RuntimeError("this engine was shut down: it takes no more requests (start a new one)")
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, token_ids = self.tokenize(prompt)
@@ -141,6 +145,21 @@ class LLMEngine:
     @property
     def num_requests(self) -> int:
         return len(self._requests)
+
+    def shutdown(self) -> None:
+        """Abort the unfinished requests, stop tensor-parallel workers, and free the KV cache and the weights
+        (on a GPU their memory goes back to the device, for another engine in this process). Idempotent."""
+        if self.is_shut_down:
+            return
+        for request_id in list(self._requests):
+            self.abort_request(request_id)
+        self.is_shut_down = True
+        self.runner.shutdown()
+        if self.proposer is not None:
+            self.proposer.shutdown()
+        gc.collect()  # the model's modules refer to each other: only the collector frees them
+        if self.runner.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # --- one step ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

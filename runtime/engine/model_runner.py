@@ -52,6 +52,15 @@ class ModelRunner:
         self.pad_decode_batches = self.device.type == "cuda" and not config.enforce_eager
         self.padding_block = -1  # set by allocate_kv_cache: one block past the pool, owned by nobody
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers and let go of the KV cache and the weights, so that their memory can
+        go back (to the GPU: see LLMEngine.shutdown). The runner cannot run a step afterwards."""
+        if self.workers is not None:
+            self.workers.shutdown()
+        self.kv_caches = []
+        for name in ("model", "loaded", "cpu_decode"):  # the references that hold the weights
+            self.__dict__.pop(name, None)
+
     @property
     def kv_entry(self) -> tuple[torch.dtype, int]:
         """(storage dtype, width) of one token's key or value per KV head: see layers/attention.py."""

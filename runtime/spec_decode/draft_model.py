@@ -97,6 +97,10 @@ class DraftModelProposer:
         if shadow is not None:
             self.kv_cache.free(shadow)
 
+    def shutdown(self) -> None:
+        self._shadows.clear()
+        self.runner.shutdown()
+
 
 def check_compatible(draft: LoadedModel, target: LoadedModel) -> None:
     """Draft and target must speak the same tokens: the target verifies the draft's token ids as they are."""

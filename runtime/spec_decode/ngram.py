@@ -134,3 +134,6 @@ class NgramProposer:
         """Learn from a request that ended normally (an aborted one may stop anywhere)."""
         if seq.finish_reason in ("stop", "length"):
             self.recent.add(seq)
+
+    def shutdown(self) -> None:
+        self.recent = RecentOutputs(0, self.min_n, self.max_n)

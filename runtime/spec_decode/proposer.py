@@ -24,6 +24,9 @@ class Proposer(Protocol):
     def release(self, seq: Sequence) -> None:
         """The request ended (``seq.finish_reason`` says how): drop whatever is kept for it."""
 
+    def shutdown(self) -> None:
+        """The engine shuts down: let go of any model and cache (it proposes nothing afterwards)."""
+
 
 def build_proposer(config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> Proposer:
     if spec.method == "ngram":

@@ -225,3 +225,17 @@ def test_tensor_parallelism_over_more_gpus_than_are_visible_is_refused(model_dir
     gpus = torch.cuda.device_count()
     with pytest.raises(ValueError, match=rf"tensor_parallel_size={gpus + 1}.*visible GPUs \({gpus}\)"):
         LLM(str(model_dir), tensor_parallel_size=gpus + 1, **ENGINE)
+
+
+def test_a_shut_down_engine_gives_its_gpu_memory_back(model_dir):
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    settings = {**ENGINE, "kv_cache_memory_bytes": None}
+    llm = LLM(str(model_dir), dtype="bfloat16", gpu_memory_utilization=0.5, **settings)
+    assert torch.cuda.memory_allocated() > before + (1 << 30)
+    llm.shutdown()
+    assert torch.cuda.memory_allocated() <= before + (16 << 20)
+    # and a second engine can take the memory again
+    with LLM(str(model_dir), dtype="bfloat16", gpu_memory_utilization=0.5, **settings) as again:
+        assert again.engine.kv_cache.num_blocks >= 0.95 * llm.engine.kv_cache.num_blocks

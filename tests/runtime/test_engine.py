@@ -4,6 +4,7 @@ that no KV block leaks, whatever happens to the requests."""
 from __future__ import annotations
 
 import random
+import weakref
 
 import pytest
 import torch
@@ -244,3 +245,15 @@ def test_float16_is_refused_on_cpu_with_the_reason(tiny_llama_dir):
 def test_a_kv_budget_smaller_than_one_sequence_is_refused(tiny_llama_dir):
     with pytest.raises(ValueError, match=r"KV cache holds .* tokens, fewer than one sequence of max_model_len=1024"):
         LLM(str(tiny_llama_dir), kv_cache_memory_bytes=64 << 10)
+
+
+def test_a_shut_down_engine_lets_go_of_its_kv_cache_and_weights_and_refuses_requests(tiny_llama_dir):
+    llm = LLM(str(tiny_llama_dir), dtype="float32", kv_cache_memory_bytes=4 << 20)
+    runner = llm.engine.runner
+    cache, weight = weakref.ref(runner.kv_caches[0]), weakref.ref(next(runner.model.parameters()))
+    with llm:
+        assert len(llm.generate("Hello", SamplingParams(max_tokens=3, ignore_eos=True))[0].outputs[0].token_ids) == 3
+    assert cache() is None and weight() is None  # nothing else holds them: the memory is free to go back
+    with pytest.raises(RuntimeError, match="shut down: it takes no more requests"):
+        llm.generate("Hello")
+    llm.shutdown()  # a second time does nothing

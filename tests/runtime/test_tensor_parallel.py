@@ -11,8 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,15 +24,10 @@ GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time, in a land far away, there lived"]
 
 
-@contextmanager
-def engine(model: str | Path, tensor_parallel_size: int, **args: object) -> Iterator[LLM]:
-    """An engine whose workers are stopped on the way out (one tensor-parallel engine per process at a time)."""
-    llm = LLM(str(model), dtype="float32", tensor_parallel_size=tensor_parallel_size, num_threads=1, **args)
-    try:
-        yield llm
-    finally:
-        if llm.engine.runner.workers is not None:
-            llm.engine.runner.workers.shutdown()
+def engine(model: str | Path, tensor_parallel_size: int, **args: object) -> LLM:
+    """For ``with engine(...) as llm:``, which shuts it down on the way out: one tensor-parallel engine per process
+    at a time, so each test's start shows the last one's shutdown released the group."""
+    return LLM(str(model), dtype="float32", tensor_parallel_size=tensor_parallel_size, num_threads=1, **args)
 
 
 def greedy_tokens(llm: LLM, prompts: list, params: SamplingParams = GREEDY) -> list[list[int]]:
