@@ -35,32 +35,8 @@ from benchmarks.engine import (
     prefix_cache_row,
     table,
 )
+from benchmarks.random_models import random_smollm2
 from benchmarks.report import write_section
-
-SMOLLM2_135M = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-
-
-def random_smollm2(tokenizer_dir: Path, out: Path) -> Path:
-    """A checkpoint with SmolLM2-135M's config and random weights, and its tokenizer (chat template included)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(torch.bfloat16).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
-    return out
 
 
 @dataclass
@@ -90,7 +66,9 @@ def profile_decode(llm: LLM, tokens: int = 64) -> StepProfile:
 def run(args: argparse.Namespace) -> tuple[list[Row], StepProfile]:
     work = Path(tempfile.mkdtemp())
     if args.random_weights:
-        model = random_smollm2(args.random_weights, work / "smollm2-shaped")
+        from transformers import AutoTokenizer
+
+        model = random_smollm2(work / "smollm2-shaped", AutoTokenizer.from_pretrained(str(args.random_weights)))
     else:
         model = export_gguf_to_hf(_packaged_gguf(), work / "smollm2", torch.float32)
     # 4 GiB of KV holds 64 sequences of 2048 tokens (SmolLM2's KV is 23 KiB a token): the rest of the GPU is not needed

@@ -23,29 +23,11 @@ from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.distributed import transport
 from tokenyard.runtime.loaders.resolve import _packaged_gguf
 
+from benchmarks.random_models import random_smollm2
 from benchmarks.report import write_section
 
 DECODE_TOKENS = 32
 PREFILL_TOKENS = 512
-
-
-def smollm2_shaped_llama(out: Path, gguf: Path) -> Path:
-    """Random weights in SmolLM2-135M's shape, with 8 heads and 2 KV heads so that TP=2 divides them."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(out))
-    return out
 
 
 @dataclass
@@ -149,7 +131,19 @@ def main() -> None:
     gguf = _packaged_gguf()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
-        shaped = str(smollm2_shaped_llama(Path(tmp) / "shaped", gguf))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # 8 heads and 2 KV heads, so that TP=2 divides them
+        shaped = str(
+            random_smollm2(
+                Path(tmp) / "shaped",
+                tokenizer,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                max_position_embeddings=2048,
+            )
+        )
         runs = [("SmolLM2-shaped llama (8 heads, 2 KV heads), bfloat16", shaped, 2), ("SmolLM2-135M", str(gguf), 3)]
         ship = []
         for name, model, tp in runs:

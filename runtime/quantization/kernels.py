@@ -44,13 +44,13 @@ class Int8ChannelWeight(QuantizedWeight):
         if groups.bits != 8 or groups.scales.shape[1] != 1 or groups.perm is not None:
             raise ValueError("per-channel int8 needs 8-bit codes with one group per row")
         self.out_features, self.in_features = groups.codes.shape
-        self.register_buffer("weight", (groups.codes.to(torch.int16) - 128).to(torch.int8).to(device))
+        self.register_buffer("weight", (groups.codes.to(torch.int16) - 128).to(torch.int8))
         # the CPU kernel takes scales in the activations' dtype; on CUDA they stay float32, since one scale
         # rounded to bfloat16 would shift a whole row by up to 0.4%, against a random rounding per weight
-        scales_dtype = dtype if device.type == "cpu" else torch.float32
-        self.register_buffer("scales", groups.scales[:, 0].to(device, scales_dtype))
+        self.register_buffer("scales", groups.scales[:, 0].to(dtype if device.type == "cpu" else torch.float32))
         if not torch.equal(groups.mins, -128 * groups.scales):
             raise ValueError("per-channel int8 is symmetric: mins must be -128 * scales")
+        self.to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:  # no int8 weight-only GEMM in torch for CUDA: scale after a plain matmul
@@ -89,6 +89,7 @@ class Int4GroupWeight(QuantizedWeight):
             "scales_and_zeros", torch.stack([scales, mins + 8 * scales], -1).transpose(0, 1).to(dtype).contiguous()
         )
         self.register_buffer("packed", _pack_int4(codes.to(device), device))
+        self.to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _gathered_and_padded(x, self.perm, self.padded_in_features)
@@ -116,6 +117,7 @@ class Int8GroupWeight(QuantizedWeight):
             bits=4,
         )
         self.nibbles = Int4GroupWeight(split, dtype, device)
+        self.to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _gathered_and_padded(x, self.perm, self.half_width)
@@ -204,9 +206,9 @@ def make_quantized_weight(groups: AffineGroups, dtype: torch.dtype, device: torc
     if groups.bits == 8 and groups.scales.shape[1] == 1 and groups.perm is None:
         return Int8ChannelWeight(groups, dtype, device)
     if groups.bits <= 4:
-        return Int4GroupWeight(groups, dtype, device).to(device)
+        return Int4GroupWeight(groups, dtype, device)
     if groups.bits == 8:
-        return Int8GroupWeight(groups, dtype, device).to(device)
+        return Int8GroupWeight(groups, dtype, device)
     raise ValueError(f"no kernel serves {groups.bits}-bit weights (served: 2, 4 and 8 bits)")
 
 

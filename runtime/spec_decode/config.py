@@ -25,8 +25,8 @@ class SpeculativeConfig:
     prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
     lookup_recent_outputs: int = DEFAULT_RECENT_OUTPUTS  # ngram only; 0 searches the sequence alone (vLLM's)
     disable_by_batch_size: int | None = None  # no speculation while more requests than this are running or waiting
-    # Draft only the tokens that pay for their compute at the current load (policy.py). Off by default: after
-    # a busy spell it can under-draft at batch 1 until its per-load fit has caught up (docs/benchmarks.md).
+    # Draft only the tokens that pay for their compute at the current load (policy.py). Off by default: it has
+    # not reliably beaten drafting in full at every load (docs/benchmarks.md).
     adaptive: bool = False
 
     @classmethod

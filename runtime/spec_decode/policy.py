@@ -5,16 +5,16 @@ Speculation trades compute for steps: a verify step computes a sequence's drafts
 and keeps the drafts up to the first rejected one. While a step's time is mostly the weights streaming
 (batch 1), the extra tokens are nearly free and every draft pays; under load each token costs its own
 compute and only drafts that are almost sure to be kept pay (vLLM users see speculation slow a busy server
-down). After SmartSpec's goodput (Liu et al., 2024): with a step time of ``a + b * n`` for ``n`` tokens (a
-line fitted to the engine's recent decode steps of about as many rows, or of a neighbouring load while those
-are too few: the cost of a token depends on the load, and a line fitted to busy steps says nothing of a
-single row, whose time is mostly the weights streaming) and ``T`` tokens expected from the step, one more draft token
-raises tokens per second when the chance it is kept exceeds ``b * T / (a + b * n)``. The chance that draft
-``j`` is kept is the product of the chances that each draft up to it is kept given the one before was:
-measured per position (n-gram drafts come in runs, so a later draft, once reached, is kept far more often
-than the first), for each sequence, drawn towards everyone's while its own record is short. A sequence
-drafts while that chance clears the bar: fewer tokens as load rises, none once one more token costs about
-what it returns. While none are drafted nothing new is learnt, so one step in ``EXPLORE_EVERY`` drafts in full.
+down). After SmartSpec's goodput (Liu et al., 2024): with a step time of ``a + b * n`` for ``n`` tokens
+(a line fitted to the engine's recent decode steps of about as many rows, or of a neighbouring load while
+those are too few: the cost of a token depends on the load, and a line fitted to busy steps says nothing of a
+single row, whose time is mostly the weights streaming) and ``T`` tokens expected from the step, one more
+draft token raises tokens per second when the chance it is kept exceeds ``b * T / (a + b * n)``. The chance
+that draft ``j`` is kept is the product of the chances that each draft up to it is kept given the one before
+was: measured per position (n-gram drafts come in runs, so a later draft, once reached, is kept far more often
+than the first), for each sequence, drawn towards everyone's while its own record is short. A sequence drafts
+while that chance clears the bar: fewer tokens as load rises, none once one more token costs about what it
+returns. While none are drafted nothing new is learnt, so one step in ``EXPLORE_EVERY`` drafts in full.
 """
 
 from __future__ import annotations
