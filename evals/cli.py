@@ -7,9 +7,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .gate import compare, markdown, parse_floors, text_table
+from .gate import compare, describe_failures, markdown, parse_floors, text_table
 from .results import Baseline, JudgeInfo, Results, read_model
+
+if TYPE_CHECKING:
+    from .client import RetryPolicy
 
 DEFAULT_METRICS_HELP = "all offline metrics, plus the judged ones when a judge is configured"
 
@@ -26,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--limit", type=int, default=None, help="only the first N items")
     run.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     run.add_argument("--max-tokens", type=int, default=256, help="max_tokens of each answer")
-    run.add_argument("--timeout", type=float, default=120, help="seconds per request")
+    run.add_argument("--timeout", type=float, default=120, help="seconds per request (per attempt)")
+    run.add_argument(
+        "--retries", type=int, default=4, help="more attempts for an item that timed out, was dropped or got 429/5xx"
+    )
+    run.add_argument("--retry-backoff", type=float, default=1.0, help="seconds before the first retry; doubles")
+    run.add_argument("--retry-budget", type=float, default=120, help="most seconds one item may spend backing off")
     judge = run.add_argument_group("judge (optional; API key from $TOKENYARD_JUDGE_API_KEY)")
     judge.add_argument("--judge-base-url", default=None)
     judge.add_argument("--judge-model", default=None)
@@ -44,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gate.add_argument("--current", type=Path, required=True, help="a results file from `tokenyard eval run`")
     gate.add_argument("--max-drop", type=float, default=0.05, help="largest allowed drop below the baseline")
     gate.add_argument("--min", action="append", default=[], metavar="METRIC=VALUE", help="a floor; repeatable")
+    gate.add_argument(
+        "--max-errors",
+        type=int,
+        default=0,
+        help="items the endpoint may have failed (each counts at its metrics' worst score); default 0",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--repeats must be at least 1, not {args.repeats}")
         judge = JudgeInfo(base_url=args.judge_base_url, model=args.judge_model, repeats=args.repeats)
         allowed += JUDGED_METRICS
+    retry = _retry_policy(args)
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # ragas reports usage otherwise
     try:
         results = asyncio.run(
@@ -95,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
                 judge=judge,
                 judge_cache=args.judge_cache,
                 judge_max_tokens=args.judge_max_tokens,
+                retry=retry,
             )
         )
     except TestsetError as error:
@@ -106,13 +123,26 @@ def _run(args: argparse.Namespace) -> int:
     args.out.write_text(results.model_dump_json(indent=2) + "\n", encoding="utf-8")
     for name, summary in results.metrics.items():
         mean = "NaN" if summary.mean is None else f"{summary.mean:.4f}"
-        print(f"{name:45} {mean:>8}  n={summary.n} nan={summary.nan}")
+        print(f"{name:45} {mean:>8}  n={summary.n} nan={summary.nan} failed={summary.failed}")
     print(f"wrote {args.out}")
+    if failures := describe_failures(results):
+        print(f"tokenyard eval run: {failures}; the gate fails unless --max-errors allows them", file=sys.stderr)
     return 0
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    from .client import RetryPolicy
+
+    for flag in ("retries", "retry_backoff", "retry_budget"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, not {getattr(args, flag)}")
+    return RetryPolicy(retries=args.retries, backoff=args.retry_backoff, budget=args.retry_budget)
 
 
 def _baseline(args: argparse.Namespace) -> int:
     results = read_model(args.results, Results)
+    if failures := describe_failures(results):
+        raise ValueError(f"{args.results}: {failures}; a baseline must come from a run that answered every item")
     names = _names(args.metrics, list(results.metrics))
     missing = [name for name in names if results.metrics[name].mean is None or results.metrics[name].nan]
     if missing:
@@ -130,16 +160,23 @@ def _gate(args: argparse.Namespace) -> int:
     floors = parse_floors(args.min)
     if args.max_drop < 0:
         raise ValueError(f"--max-drop must be >= 0, not {args.max_drop}")
+    if args.max_errors < 0:
+        raise ValueError(f"--max-errors must be >= 0, not {args.max_errors}")
     baseline = read_model(args.baseline, Baseline)
     current = read_model(args.current, Results)
-    rows, reason = compare(baseline, current, args.max_drop, floors)
+    rows, reason = compare(baseline, current, args.max_drop, floors, args.max_errors)
     passed = not reason and all(row.ok for row in rows)
+    failures = describe_failures(current)
+    allowed = bool(failures) and len(current.failed_items) <= args.max_errors
+    note = f"{failures}: allowed by --max-errors {args.max_errors}, each at its metrics' worst score" if allowed else ""
     print(text_table(rows))
     if reason:
         print(f"FAILED: {reason}")
+    if note:
+        print(f"note: {note}")
     print(f"quality gate {'passed' if passed else 'FAILED'}: {current.model} on {current.testset.path}")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as out:
-            out.write(markdown(rows, reason, passed, f"Quality gate: {Path(current.testset.path).name}"))
+            out.write(markdown(rows, reason, passed, f"Quality gate: {Path(current.testset.path).name}", note))
     return 0 if passed else 1

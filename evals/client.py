@@ -1,4 +1,9 @@
-"""Asks the endpoint under test every testset question over ``/v1/chat/completions``."""
+"""Asks the endpoint under test every testset question over ``/v1/chat/completions``.
+
+A request that fails for a reason that may pass (a timeout, a dropped connection, 429/503 overload, a 500/502/504)
+is sent again after a back-off: answers are at temperature 0 with a fixed seed, so a retry asks the same question
+and gets the same answer. What still fails after the last attempt is an error ``Answer``, never a dropped item.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from tqdm.auto import tqdm
 
 from .testset import Item
 
-RETRY_STATUSES = (429, 503)  # overload: the server says when to come back (Retry-After)
-MAX_RETRIES = 5
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})  # overload (Retry-After) and server errors that may pass
+# Worth another try: the request timed out, could not connect, or the connection broke before an answer came.
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 SEED = 1234  # fixed so a server that honours `seed` answers the same way on every run
 
 
@@ -20,11 +26,41 @@ class EndpointError(RuntimeError):
     """The endpoint answered no item: the run must fail, never produce results that look like a pass."""
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one item is tried: ``retries`` more attempts after the first, waiting ``backoff`` seconds and
+    doubling (or the server's Retry-After), at most ``max_wait`` per wait and ``budget`` in all for the item."""
+
+    retries: int = 4
+    backoff: float = 1.0
+    max_wait: float = 30.0
+    budget: float = 120.0
+
+    def wait(self, retry: int, retry_after: float | None) -> float:
+        """Seconds before retry number ``retry`` (0 for the first retry)."""
+        wanted = self.backoff * 2**retry if retry_after is None else retry_after
+        return min(max(wanted, 0.0), self.max_wait)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
 @dataclass
 class Answer:
     text: str | None
-    latency_ms: float | None
+    latency_ms: float | None  # of the attempt that answered (or failed last)
     error: str | None
+    attempts: int = 1
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may not."""
+
+    def __init__(self, error: str, latency_ms: float | None, retry_after: float | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.latency_ms = latency_ms
+        self.retry_after = retry_after
 
 
 def messages(item: Item) -> list[dict[str, str]]:
@@ -38,26 +74,54 @@ def messages(item: Item) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": user}]
 
 
-async def ask(client: httpx.AsyncClient, model: str, item: Item, max_tokens: int) -> Answer:
+async def ask(
+    client: httpx.AsyncClient, model: str, item: Item, max_tokens: int, policy: RetryPolicy = DEFAULT_RETRY
+) -> Answer:
     body = {"model": model, "messages": messages(item), "temperature": 0, "seed": SEED, "max_tokens": max_tokens}
-    for attempt in range(MAX_RETRIES + 1):
-        start = time.perf_counter()
+    waited = 0.0
+    for attempt in range(policy.retries + 1):
         try:
-            response = await client.post("/v1/chat/completions", json=body)
-        except httpx.HTTPError as error:
-            return Answer(None, None, f"{type(error).__name__}: {error or 'no detail'}")
-        latency_ms = (time.perf_counter() - start) * 1000
-        if response.status_code in RETRY_STATUSES and attempt < MAX_RETRIES:
-            await asyncio.sleep(_retry_after(response, attempt))
+            answer = await _attempt(client, body)
+        except _Retryable as failure:
+            wait = policy.wait(attempt, failure.retry_after)
+            if attempt == policy.retries or waited + wait > policy.budget:
+                return Answer(None, failure.latency_ms, _gave_up(failure.error, attempt + 1, policy), attempt + 1)
+            await asyncio.sleep(wait)
+            waited += wait
             continue
-        if response.status_code != 200:
-            return Answer(None, latency_ms, f"HTTP {response.status_code}: {response.text[:300]}")
-        try:
-            text = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            return Answer(None, latency_ms, f"not a chat completion: {response.text[:300]}")
-        return Answer(text or "", latency_ms, None)
+        answer.attempts = attempt + 1
+        return answer
     raise AssertionError("unreachable: the last attempt returns")
+
+
+async def _attempt(client: httpx.AsyncClient, body: dict) -> Answer:
+    """One request: an Answer (an answer, or an error that would come back again), or raises _Retryable."""
+    start = time.perf_counter()
+    try:
+        response = await client.post("/v1/chat/completions", json=body)
+    except RETRY_ERRORS as error:
+        raise _Retryable(_describe(error), None) from error
+    except httpx.HTTPError as error:
+        return Answer(None, None, _describe(error))
+    latency_ms = (time.perf_counter() - start) * 1000
+    if response.status_code in RETRY_STATUSES:
+        raise _Retryable(f"HTTP {response.status_code}: {response.text[:300]}", latency_ms, _retry_after(response))
+    if response.status_code != 200:  # 400, 401, 404, ...: the same request fails the same way again
+        return Answer(None, latency_ms, f"HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        text = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return Answer(None, latency_ms, f"not a chat completion: {response.text[:300]}")
+    return Answer(text or "", latency_ms, None)
+
+
+def _gave_up(error: str, attempts: int, policy: RetryPolicy) -> str:
+    spent = "" if attempts > policy.retries else f", back-off budget {policy.budget:g}s spent"
+    return f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''}{spent})"
+
+
+def _describe(error: httpx.HTTPError) -> str:
+    return f"{type(error).__name__}: {str(error) or 'no detail'}"
 
 
 def api_root(base_url: str) -> str:
@@ -65,23 +129,31 @@ def api_root(base_url: str) -> str:
     return base_url.rstrip("/").removesuffix("/v1")
 
 
-def _retry_after(response: httpx.Response, attempt: int) -> float:
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds; None when absent or an HTTP date (then the back-off decides)."""
     try:
-        return min(float(response.headers["retry-after"]), 60.0)
+        return float(response.headers["retry-after"])
     except (KeyError, ValueError):
-        return min(2.0**attempt, 30.0)
+        return None
 
 
 async def ask_all(
-    base_url: str, model: str, items: list[Item], concurrency: int, max_tokens: int, timeout: float
+    base_url: str,
+    model: str,
+    items: list[Item],
+    concurrency: int,
+    max_tokens: int,
+    timeout: float,
+    policy: RetryPolicy = DEFAULT_RETRY,
 ) -> list[Answer]:
-    """Answers in item order; at most ``concurrency`` requests in flight."""
+    """Answers in item order; at most ``concurrency`` requests in flight (an item keeps its slot while it backs
+    off, so retries never add load)."""
     limit = asyncio.Semaphore(concurrency)
     progress = tqdm(total=len(items), desc="answering", unit="item")
 
     async def one(client: httpx.AsyncClient, item: Item) -> Answer:
         async with limit:
-            answer = await ask(client, model, item, max_tokens)
+            answer = await ask(client, model, item, max_tokens, policy)
         progress.update()
         return answer
 

@@ -39,21 +39,11 @@ def parse_floors(specs: list[str]) -> dict[str, float]:
     return floors
 
 
-def compare(baseline: Baseline, current: Results, max_drop: float, floors: dict[str, float]) -> tuple[list[Row], str]:
+def compare(
+    baseline: Baseline, current: Results, max_drop: float, floors: dict[str, float], max_errors: int = 0
+) -> tuple[list[Row], str]:
     """The table's rows, and a reason for the whole gate to fail ('' if none beyond the rows)."""
-    if baseline.testset.sha256 != current.testset.sha256:
-        reason = (
-            f"the testsets differ: baseline {baseline.testset.path} ({baseline.testset.sha256[:12]}), "
-            f"current {current.testset.path} ({current.testset.sha256[:12]}); a gate against another testset "
-            "means nothing: re-run on the baseline's testset or write a new baseline"
-        )
-    elif baseline.testset.items != current.testset.items:
-        reason = (
-            f"the baseline scored {baseline.testset.items} items of the testset, the current run "
-            f"{current.testset.items} (--limit?): run the same items as the baseline"
-        )
-    else:
-        reason = ""
+    reason = "; ".join(why for why in (_testset_reason(baseline, current), _errors_reason(current, max_errors)) if why)
     rows = []
     for name in sorted(set(baseline.metrics) | set(floors)):
         base = baseline.metrics.get(name)
@@ -71,6 +61,38 @@ def compare(baseline: Baseline, current: Results, max_drop: float, floors: dict[
             status = "ok"
         rows.append(Row(name, base, value, status))
     return rows, reason
+
+
+def _testset_reason(baseline: Baseline, current: Results) -> str:
+    if baseline.testset.sha256 != current.testset.sha256:
+        return (
+            f"the testsets differ: baseline {baseline.testset.path} ({baseline.testset.sha256[:12]}), "
+            f"current {current.testset.path} ({current.testset.sha256[:12]}); a gate against another testset "
+            "means nothing: re-run on the baseline's testset or write a new baseline"
+        )
+    if baseline.testset.items != current.testset.items:
+        return (
+            f"the baseline scored {baseline.testset.items} items of the testset, the current run "
+            f"{current.testset.items} (--limit?): run the same items as the baseline"
+        )
+    return ""
+
+
+def _errors_reason(current: Results, max_errors: int) -> str:
+    failed = current.failed_samples()
+    if len(failed) <= max_errors:
+        return ""
+    return f"{describe_failures(current)}, more than --max-errors {max_errors}"
+
+
+def describe_failures(results: Results, shown: int = 5) -> str:
+    """'3 of 114 items failed: cls-003 [ReadTimeout: ... (after 5 attempts)], ...'; '' when none failed."""
+    failed = results.failed_samples()
+    if not failed:
+        return ""
+    listed = ", ".join(f"{sample.id} [{sample.error}]" for sample in failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{len(failed)} of {len(results.samples)} items failed: {listed}{more}"
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -94,10 +116,12 @@ def text_table(rows: list[Row]) -> str:
     )
 
 
-def markdown(rows: list[Row], reason: str, passed: bool, title: str) -> str:
+def markdown(rows: list[Row], reason: str, passed: bool, title: str, note: str = "") -> str:
     lines = [f"### {title}: {'passed' if passed else 'FAILED'}", ""]
     if reason:
         lines += [f"**{reason}**", ""]
+    if note:
+        lines += [note, ""]
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Offline, deterministic scores: ragas' non-LLM metrics, MiniLM semantic similarity, and JSON task checks.
 
 Each metric applies only to items that carry what it needs; an item whose request failed gets NaN for every
-metric that applies to it, so a broken endpoint can never look like a good one.
+metric that applies to it, and the metric's mean counts it at ``worst_score`` (never leaves it out), so a broken
+endpoint can never look like a good one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ APPLIES: dict[str, Callable[[Item], bool]] = {
     "field_accuracy": lambda item: item.expected_output is not None,
 }
 OFFLINE_METRICS = tuple(APPLIES)
+# The lowest score a metric can give, at which an unanswered item counts: cosines go down to -1, the rest to 0.
+WORST_SCORE = {"semantic_similarity": -1.0, "answer_relevancy": -1.0}
+
+
+def worst_score(name: str) -> float:
+    return WORST_SCORE.get(name, 0.0)
+
 
 Scores = dict[str, dict[int, float]]  # metric -> item index -> score (NaN where it could not be scored)
 

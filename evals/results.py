@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from tokenyard import __version__
 
@@ -27,18 +28,22 @@ class JudgeInfo(BaseModel):
 
 
 class MetricSummary(BaseModel):
-    mean: float | None  # over the items that have the metric and a number for it; None if none has
+    # Over the items that have the metric and a number for it, plus every failed item at the metric's worst
+    # score (a failed item never leaves the denominator); None if there is none.
+    mean: float | None
     std: float | None  # spread of the mean over the judge's repeats; 0 for deterministic metrics
     n: int  # items the metric applies to
-    nan: int  # of those, items whose score is NaN (an endpoint error, an unparsable judge answer)
+    nan: int  # of those, answered items whose score is NaN (an unparsable or failed judge answer)
+    failed: int = 0  # of those, items the endpoint never answered (after retries): counted at the worst score
 
 
 class Sample(BaseModel):
     id: str
     answer: str | None
     latency_ms: float | None
-    error: str | None
-    scores: dict[str, float | None]  # None is NaN (JSON has no NaN)
+    error: str | None  # why the endpoint gave no answer, after every attempt; None if it answered
+    attempts: int = 1  # requests sent for this item (more than 1: retried after a timeout, drop or overload)
+    scores: dict[str, float | None]  # None is NaN (JSON has no NaN); a failed item's scores are all None
 
 
 class Results(BaseModel):
@@ -50,6 +55,15 @@ class Results(BaseModel):
     judge: JudgeInfo | None
     metrics: dict[str, MetricSummary]
     samples: list[Sample]
+
+    @computed_field  # written to the file for readers; recomputed from the samples when a file is read
+    @property
+    def failed_items(self) -> list[str]:
+        """Ids of the items the endpoint never answered; the gate fails on more than --max-errors of them."""
+        return [sample.id for sample in self.failed_samples()]
+
+    def failed_samples(self) -> list[Sample]:
+        return [sample for sample in self.samples if sample.error is not None]
 
 
 class Baseline(BaseModel):
@@ -68,17 +82,20 @@ def nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def summarize(per_repeat: list[list[float]]) -> MetricSummary:
+def summarize(per_repeat: list[dict[int, float]], failed: Collection[int] = (), worst: float = 0.0) -> MetricSummary:
     """``per_repeat[r][i]``: item i's score in repeat r (one repeat for deterministic metrics). An item is NaN
-    if any repeat is: a judge that failed once is not trusted on that item."""
-    items = list(zip(*per_repeat, strict=True))
-    nan = sum(any(math.isnan(score) for score in scores) for scores in items)
-    good = [scores for scores in items if not any(math.isnan(score) for score in scores)]
-    if not good:
-        return MetricSummary(mean=None, std=None, n=len(items), nan=nan)
-    repeat_means = [statistics.fmean(scores[r] for scores in good) for r in range(len(per_repeat))]
+    if any repeat is: a judge that failed once is not trusted on that item. Items in ``failed`` got no answer:
+    they count in every repeat's mean at ``worst``, so a run that fails its hard items never looks better."""
+    items = list(per_repeat[0])
+    lost = [i for i in items if i in failed]
+    answered = [i for i in items if i not in failed]
+    good = [i for i in answered if not any(math.isnan(scores[i]) for scores in per_repeat)]
+    nan = len(answered) - len(good)
+    if not good and not lost:
+        return MetricSummary(mean=None, std=None, n=len(items), nan=nan, failed=0)
+    repeat_means = [statistics.fmean([*(scores[i] for i in good), *(worst for _ in lost)]) for scores in per_repeat]
     std = statistics.pstdev(repeat_means) if len(repeat_means) > 1 else 0.0
-    return MetricSummary(mean=statistics.fmean(repeat_means), std=std, n=len(items), nan=nan)
+    return MetricSummary(mean=statistics.fmean(repeat_means), std=std, n=len(items), nan=nan, failed=len(lost))
 
 
 def read_model(path: Path, model: type[BaseModel]) -> BaseModel:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .client import ask_all
-from .metrics import OFFLINE_METRICS, score_offline
+from .client import DEFAULT_RETRY, Answer, RetryPolicy, ask_all
+from .metrics import OFFLINE_METRICS, score_offline, worst_score
 from .results import JudgeInfo, Results, Sample, TestsetInfo, nan_to_none, summarize
 from .testset import load_testset
 
@@ -26,13 +26,14 @@ async def evaluate(
     judge: JudgeInfo | None = None,
     judge_cache: Path | None = None,
     judge_max_tokens: int = 512,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> Results:
     testset = load_testset(testset_path, limit)
     items = testset.items
-    answers = await ask_all(base_url, model, items, concurrency, max_tokens, timeout)
-    failed = sum(answer.error is not None for answer in answers)
+    answers = await ask_all(base_url, model, items, concurrency, max_tokens, timeout, retry)
+    failed = _failed(answers)
     if failed:
-        log.warning("%d of %d items got no answer; their scores are NaN", failed, len(items))
+        log.warning("%d of %d items got no answer; each counts at its metrics' worst score", len(failed), len(items))
     scores = {name: [per_item] for name, per_item in (await score_offline(items, answers, _offline(metrics))).items()}
     if judge is not None:
         from .judge import score_judged
@@ -61,6 +62,7 @@ async def evaluate(
             answer=answer.text,
             latency_ms=answer.latency_ms,
             error=answer.error,
+            attempts=answer.attempts,
             scores={name: nan_to_none(_mean(r[i] for r in per)) for name, per in scores.items() if i in per[0]},
         )
         for i, (item, answer) in enumerate(zip(items, answers, strict=True))
@@ -70,9 +72,13 @@ async def evaluate(
         model=model,
         testset=TestsetInfo(path=testset.path, sha256=testset.sha256, items=len(items)),
         judge=judge,
-        metrics={name: summarize([list(r.values()) for r in repeats]) for name, repeats in scores.items()},
+        metrics={name: summarize(repeats, failed, worst_score(name)) for name, repeats in scores.items()},
         samples=samples,
     )
+
+
+def _failed(answers: list[Answer]) -> set[int]:
+    return {i for i, answer in enumerate(answers) if answer.error is not None}
 
 
 def _offline(metrics: list[str]) -> list[str]:

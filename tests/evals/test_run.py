@@ -17,6 +17,7 @@ from tokenyard.evals.testset import load_testset
 from tokenyard.cli import main
 
 from ..runtime.server_process import ServerProcess, free_port
+from .misbehaving_server import MisbehavingServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSIFIER = ROOT / "evals" / "testsets" / "classifier" / "classifier.jsonl"
@@ -93,9 +94,28 @@ def test_a_classifier_run_has_the_json_task_checks(server, tmp_path):
 
 def test_an_unreachable_endpoint_fails_the_run_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert eval_run(f"http://127.0.0.1:{free_port()}", RAG, out) == 1
-    assert "answered none of the 2 items" in capsys.readouterr().err
+    assert eval_run(f"http://127.0.0.1:{free_port()}", RAG, out, "--retry-backoff", "0.01") == 1
+    err = capsys.readouterr().err
+    assert "answered none of the 2 items" in err and "ConnectError" in err and "(after 5 attempts)" in err, err
     assert not out.exists()
+
+
+def test_a_run_through_a_proxy_that_loses_answers_retries_to_the_direct_runs_metrics(server, tmp_path):
+    """The real runtime behind `MisbehavingServer` as a proxy (a loaded server cannot lose chosen answers on cue):
+    each item's first answer is computed and lost (the connection closes unanswered), then it gets a 503 or a 500.
+    The retried run must score exactly what a direct run does. One request at a time, and every answer that counts
+    comes from a warm prefix cache (see the identical-metrics test above)."""
+    items = load_testset(CLASSIFIER, limit=2).items
+    script = {items[0].question: ["drop", "503"], items[1].question: ["drop", "500"]}
+    options = ("--concurrency", "1", "--metrics", ",".join(TASK_METRICS), "--retry-backoff", "0.01")
+    with MisbehavingServer(upstream=server.url, script=script) as proxy:
+        assert eval_run(proxy.url, CLASSIFIER, tmp_path / "proxied.json", *options) == 0
+    assert eval_run(server.url, CLASSIFIER, tmp_path / "direct.json", *options) == 0
+    proxied, direct = (json.loads((tmp_path / name).read_text()) for name in ("proxied.json", "direct.json"))
+    assert [proxy.attempts[item.question] for item in items] == [3, 3]
+    assert [s["attempts"] for s in proxied["samples"]] == [3, 3] and proxied["failed_items"] == []
+    assert proxied["metrics"] == direct["metrics"]
+    assert [s["answer"] for s in proxied["samples"]] == [s["answer"] for s in direct["samples"]]
 
 
 def test_unknown_metrics_exit_2_listing_the_allowed_ones(server, tmp_path, capsys):
