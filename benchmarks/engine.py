@@ -135,7 +135,7 @@ def classifier_rows(llm: LLM, hf, requests: int, sequential: int, batch_size: in
 def prefix_cache_row(llm: LLM, repeats: int = 5) -> Row:
     [conversation] = classifier_conversations(1, seed=7)
     engine = llm.engine
-    ids = engine.tokenizer.encode(engine.apply_chat_template(conversation), add_special_tokens=False)
+    ids = engine.inputs.chat(conversation).token_ids
 
     def ttft(cold: bool) -> float:
         if cold:

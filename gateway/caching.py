@@ -111,3 +111,8 @@ class ResponseCache:
             await self.exact.put(plan.exact_key, body, plan.policy.exact_ttl_seconds)
         if plan.semantic is not None and plan.embedding is not None:
             await self.semantic.add(tenant, plan.semantic, plan.embedding, body, plan.policy.semantic_ttl_seconds)
+
+    async def write_back(self, plan: CachePlan, body: bytes) -> None:
+        """A semantic hit's answer under the request's own exact key: the same request again is an exact hit."""
+        if plan.exact_key is not None:
+            await self.exact.put(plan.exact_key, body, plan.policy.exact_ttl_seconds)

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenyard.wire.asgi import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from tokenyard.gateway.config import GatewayConfig
+
+UPSTREAM_API_KEY_ENV = "TOKENYARD_UPSTREAM_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +41,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML: tenants, limits, cache policy")
     parser.add_argument(
+        "--upstream-api-key",
+        default=None,
+        help="sent to the replicas as `Authorization: Bearer <key>` (their --api-key); default: "
+        f"${UPSTREAM_API_KEY_ENV} (prefer it: a flag shows in the process list)",
+    )
+    parser.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests may take to finish (new ones get 503 meanwhile)",
+    )
+    parser.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies are refused with 413",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         help="log every request (off by default: the metrics count them, and a log line costs more "
@@ -40,9 +67,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-    from pydantic import ValidationError
     from tokenyard.gateway.app import build_app
+
+    from tokenyard.wire.asgi import run_server
+
+    config = _config(args)
+    if args.max_request_body_bytes < 1 or args.shutdown_grace_seconds < 0:
+        raise SystemExit("error: --max-request-body-bytes must be >= 1 and --shutdown-grace-seconds >= 0")
+    app = build_app(config)
+    return run_server(
+        app,
+        args.host,
+        args.port,
+        args.shutdown_grace_seconds,
+        args.max_request_body_bytes,
+        access_log=args.access_log,
+        on_draining=app.state.gateway.drain,
+    )
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    from pydantic import ValidationError
     from tokenyard.gateway.config import load_config
 
     try:
@@ -53,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             discovery=args.discovery,
             namespaces=args.namespace,
+            upstream_api_key=args.upstream_api_key or os.environ.get(UPSTREAM_API_KEY_ENV) or None,
         )
         if args.embeddings_url:
             config.embeddings.url = args.embeddings_url
@@ -65,5 +111,4 @@ def run(args: argparse.Namespace) -> int:
         )
     if config.discovery == "kubernetes" and config.upstreams:
         raise SystemExit("error: --upstream and --discovery kubernetes exclude each other: pick one")
-    uvicorn.run(build_app(config), host=args.host, port=args.port, log_level="info", access_log=args.access_log)
-    return 0
+    return config

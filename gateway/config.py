@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from tokenyard.gateway.router import DEFAULT_MAX_OUTSTANDING, DEFAULT_MAX_QUEUED, DEFAULT_MAX_WAIT_SECONDS
 
 # Prompts about the asker or about the moment have answers that do not carry over to someone else's near-identical
 # prompt, so by default they never take (or give) a semantic hit.
@@ -112,7 +113,37 @@ class GatewayConfig(BaseModel):
     cache_rules: list[CacheRule] = Field(default_factory=list)
     store_timeout_seconds: float = Field(default=0.05, gt=0, description="a store slower than this is skipped")
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    first_byte_timeout_seconds: float = Field(default=60.0, gt=0)
+    first_byte_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a stream's longest silence; a whole answer also gets seconds_per_output_token per max_tokens",
+    )
+    seconds_per_output_token: float = Field(
+        default=0.1,
+        ge=0,
+        description="time a non-streamed answer gets per requested output token, on top of first_byte_timeout_seconds "
+        "(its first byte is its last: it cannot be judged by its gaps)",
+    )
+    assumed_max_tokens: int = Field(
+        default=4096, ge=1, description="the output length a request without max_tokens is given time for"
+    )
+    max_outstanding_per_replica: int = Field(
+        default=DEFAULT_MAX_OUTSTANDING, ge=1, description="requests this gateway sends one replica at once"
+    )
+    max_queued_requests: int = Field(
+        default=DEFAULT_MAX_QUEUED,
+        ge=0,
+        description="requests that may wait for a busy deployment's replicas; more are shed with 429",
+    )
+    max_queue_wait_seconds: float = Field(
+        default=DEFAULT_MAX_WAIT_SECONDS, gt=0, description="the longest such a wait; then 429 with Retry-After"
+    )
+    upstream_api_key: SecretStr | None = Field(
+        default=None,
+        description="sent to the replicas as `Authorization: Bearer`; from --upstream-api-key or "
+        "TOKENYARD_UPSTREAM_API_KEY (keep it out of the YAML file)",
+        exclude=True,
+    )
     discovery: Literal["static", "kubernetes"] = "static"
     namespaces: list[str] | None = Field(default=None, description="where to watch EndpointSlices; None: all")
     _rule_policies: list[tuple[CacheRule, CachePolicy]] = PrivateAttr(default_factory=list)

@@ -5,7 +5,7 @@ or, failing that, the deployment of that name."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from tokenyard.gateway.router import Replica, Router
 
@@ -13,8 +13,9 @@ STATIC = "static"
 
 
 class Fleet:
-    def __init__(self, static_upstreams: list[str]) -> None:
-        self.routers: dict[str, Router] = {STATIC: Router(static_upstreams)} if static_upstreams else {}
+    def __init__(self, static_upstreams: list[str], make_router: Callable[[list[str]], Router] = Router) -> None:
+        self.make_router = make_router  # a deployment's router, with the gateway's admission bounds
+        self.routers: dict[str, Router] = {STATIC: make_router(static_upstreams)} if static_upstreams else {}
         self.served: dict[str, set[str]] = {}  # deployment -> model names its replicas reported
         self.labels: dict[str, dict[str, str]] = {}  # deployment -> its tokenyard.dev/* labels (cache policy)
 
@@ -27,7 +28,7 @@ class Fleet:
             if deployment in self.routers:
                 self.routers[deployment].update(urls)
             else:
-                self.routers[deployment] = Router(urls)
+                self.routers[deployment] = self.make_router(urls)
 
     def router_for(self, model: str) -> Router | None:
         deployment = self.deployment_for(model)

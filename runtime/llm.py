@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence
 
 from tokenyard.runtime.config import DEFAULT_MODEL, EngineConfig
+from tokenyard.runtime.engine.inputs import TokenizedPrompt
 from tokenyard.runtime.engine.llm_engine import LLMEngine, Prompt
 from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
@@ -43,17 +44,17 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt to completion; results come back in the order of the prompts. An invalid
         prompt raises ValueError (saying which one) before any work starts."""
-        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, (str, dict, TokenizedPrompt)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
             prompts = [prompts]
         params = _per_prompt(sampling_params, len(prompts))
         tokenized = []
         for index, prompt in enumerate(prompts):
-            text, ids = self.engine.tokenize(prompt)
             try:
-                self.engine.check_prompt(ids)
+                tokenized.append(self.engine.inputs.prompt(prompt))
             except ValueError as error:
                 raise ValueError(f"prompt {index}: {error}") from None
-            tokenized.append({"prompt": text, "prompt_token_ids": ids})
         request_ids = [f"offline-{next(self._ids)}" for _ in prompts]
         for request_id, prompt, p in zip(request_ids, tokenized, params, strict=True):
             self.engine.add_request(request_id, prompt, p)
@@ -68,11 +69,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Apply the model's chat template (with the assistant's generation prompt) and generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = []
-        for conversation in conversations:
-            text = self.engine.apply_chat_template(conversation, chat_template, add_generation_prompt)
-            ids = self.engine.tokenizer.encode(text, add_special_tokens=False)  # the template placed them
-            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        prompts = [self.engine.inputs.chat(c, chat_template, add_generation_prompt) for c in conversations]
         return self.generate(prompts, sampling_params)
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:

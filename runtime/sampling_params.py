@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from tokenyard.runtime.config import require
 
 MAX_LOGPROBS = 20
+GREEDY_BELOW_TEMPERATURE = 1e-5  # as vLLM: dividing logits by less overflows, and the argmax is what it means
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 @dataclass
@@ -26,12 +28,14 @@ class SamplingParams:
     max_tokens: int | None = 16  # None: up to max_model_len
     min_tokens: int = 0
     logprobs: int | None = None  # number of top logprobs per token besides the chosen one
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, in [-100, 100]
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
+        self.logit_bias = dict(self.logit_bias or {})
         require(self.n == 1, "n", self.n, "1 (n > 1 is not supported yet)")
         require(self.temperature >= 0, "temperature", self.temperature, ">= 0")
         require(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
@@ -49,12 +53,21 @@ class SamplingParams:
             f"in [0, {MAX_LOGPROBS}]",
         )
         require(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "non-empty strings")
+        require(
+            self.seed is None or MIN_SEED <= self.seed <= MAX_SEED, "seed", self.seed, f"in [{MIN_SEED}, {MAX_SEED}]"
+        )
+        require(
+            all(-100 <= bias <= 100 for bias in self.logit_bias.values()),
+            "logit_bias",
+            self.logit_bias,
+            "biases in [-100, 100]",
+        )
         if self.top_k == -1:
             self.top_k = 0
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def uses_penalties(self) -> bool:

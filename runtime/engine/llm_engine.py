@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tokenyard.runtime.config import EngineConfig, require
 from tokenyard.runtime.engine.detokenizer import IncrementalDetokenizer
+from tokenyard.runtime.engine.inputs import InputProcessor, TokenizedPrompt
 from tokenyard.runtime.engine.kv_cache_manager import KVCacheManager
 from tokenyard.runtime.engine.model_runner import ModelRunner
 from tokenyard.runtime.engine.scheduler import Scheduler
@@ -25,7 +26,15 @@ from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, build_propos
 
 log = logging.getLogger(__name__)
 
-Prompt = str | dict | list[int]
+Prompt = str | dict | list[int] | TokenizedPrompt
+
+
+class StepFailed(RuntimeError):
+    """A step raised; the requests it was serving were aborted and the engine can go on."""
+
+    def __init__(self, request_ids: list[str], cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.request_ids = request_ids
 
 
 @dataclass
@@ -61,6 +70,7 @@ class LLMEngine:
                 f"the KV cache holds {num_blocks * config.block_size} tokens, fewer than one sequence "
                 f"of max_model_len={self.max_model_len}: raise the memory budget or lower max_model_len"
             )
+        self.inputs = InputProcessor(self.tokenizer, self.model_config.vocab_size, self.max_model_len)
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.kv_cache)
         self._requests: dict[str, _Request] = {}
@@ -73,28 +83,9 @@ class LLMEngine:
         self.draft_budget = DraftBudget(self.speculative.num_speculative_tokens) if adaptive else None
         self.spec_decode_stats = SpecDecodeStats()
         self.is_shut_down = False
+        self._stepping: list[Sequence] = []  # the sequences the current step serves
 
     # --- requests -------------------------------------------------------------------------------
-    def tokenize(self, prompt: Prompt) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
-        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
-        if isinstance(prompt, dict) and "prompt" in prompt:
-            return self.tokenize(prompt["prompt"])
-        if isinstance(prompt, list):
-            return None, list(prompt)
-        raise ValueError("prompt must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'")
-
-    def apply_chat_template(
-        self, messages: list[dict], chat_template: str | None = None, add_generation_prompt: bool = True
-    ) -> str:
-        if chat_template is None and not self.tokenizer.chat_template:
-            raise ValueError("the model has no chat template: pass one (chat_template=...)")
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-
     def add_request(
         self, request_id: str, prompt: Prompt, params: SamplingParams | None = None, arrival_time: float | None = None
     ) -> None:
@@ -105,29 +96,18 @@ class LLMEngine:
             raise RuntimeError("this engine was shut down: it takes no more requests (start a new one)")
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        text, token_ids = self.tokenize(prompt)
-        self.check_prompt(token_ids)
+        checked = self.inputs.prompt(prompt)
+        self.inputs.check_params(params)
+        token_ids = checked.token_ids
         room = self.max_model_len - len(token_ids)
         seq = Sequence(
-            request_id, token_ids, params, min(params.max_tokens or room, room), text, self._generator(params)
+            request_id, token_ids, params, min(params.max_tokens or room, room), checked.text, self._generator(params)
         )
         if arrival_time is not None:  # time.monotonic() when the request reached the server
             seq.arrival_time = arrival_time
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
         self._requests[request_id] = _Request(seq, detokenizer)
         self.scheduler.add(seq)
-
-    def check_prompt(self, token_ids: list[int]) -> None:
-        require(len(token_ids) > 0, "prompt", "''", "at least one token (the prompt is empty)")
-        require(
-            len(token_ids) < self.max_model_len,
-            "prompt",
-            f"<{len(token_ids)} tokens>",
-            f"shorter than max_model_len={self.max_model_len} tokens (at least one token of output must fit)",
-        )
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
-        require(bad is None, "prompt_token_ids", bad, f"token ids in [0, {vocab})")
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request at once and free its blocks. Returns False if it was not running or waiting."""
@@ -163,12 +143,26 @@ class LLMEngine:
 
     # --- one step ------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Propose draft tokens, schedule, run the model once, and report every request that got new tokens."""
+        """Propose draft tokens, schedule, run the model once, and report every request that got new tokens.
+
+        A step that raises aborts the requests it was serving (their blocks go back) and raises StepFailed
+        naming them; the engine serves the others on. If even that cleanup fails, the error propagates as is:
+        the engine's state can no longer be trusted."""
+        self._stepping = list(self.scheduler.running)
+        try:
+            return self._step()
+        except Exception as error:
+            failed = [seq.request_id for seq in self._stepping if self.abort_request(seq.request_id)]
+            log.exception("a step failed; aborted the %d requests it was serving", len(failed))
+            raise StepFailed(failed, error) from error
+
+    def _step(self) -> list[RequestOutput]:
         start = time.perf_counter()
         self._propose()
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        self._stepping = list(batch.seqs)
         finishing = [s for s, n in batch.items() if s.num_computed_tokens + n >= s.num_tokens]
         sampled = self.runner.execute(batch, [self._sampling_row(s) for s in finishing])
         if self.draft_budget is not None and all(seq.output_token_ids for seq in batch.seqs):  # decodes only

@@ -28,13 +28,17 @@ void bind_decode_step(pybind11::module& m);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("quantized_linear", &tokenyard::quantized_linear, "y = x @ W.T for a groupwise 4- or 8-bit weight");
-  m.def("rms_norm", &tokenyard::rms_norm, "RMSNorm");
-  m.def("add_rms_norm", &tokenyard::add_rms_norm, "(RMSNorm(residual + x), residual + x)");
-  m.def("rotary_", &tokenyard::rotary_, "rotate-half rotary embedding of q and k, in place");
-  m.def("silu_and_mul", &tokenyard::silu_and_mul, "silu(gate) * up");
-  m.def("write_kv_cache", &tokenyard::write_kv_cache, "new keys and values into their cache slots");
-  m.def("decode_attention", &tokenyard::decode_attention, "one query per row over its paged context");
-  m.def("chunk_attention", &tokenyard::chunk_attention, "short query chunks over their paged context, causally");
+  // Every kernel lets go of the GIL while it computes, as torch's own ops do: a prefill's matmuls hold it
+  // for tens of milliseconds otherwise, and the server's event loop stalls behind them.
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("quantized_linear", &tokenyard::quantized_linear, "y = x @ W.T for a groupwise 4- or 8-bit weight", nogil);
+  m.def("rms_norm", &tokenyard::rms_norm, "RMSNorm", nogil);
+  m.def("add_rms_norm", &tokenyard::add_rms_norm, "(RMSNorm(residual + x), residual + x)", nogil);
+  m.def("rotary_", &tokenyard::rotary_, "rotate-half rotary embedding of q and k, in place", nogil);
+  m.def("silu_and_mul", &tokenyard::silu_and_mul, "silu(gate) * up", nogil);
+  m.def("write_kv_cache", &tokenyard::write_kv_cache, "new keys and values into their cache slots", nogil);
+  m.def("decode_attention", &tokenyard::decode_attention, "one query per row over its paged context", nogil);
+  m.def("chunk_attention", &tokenyard::chunk_attention, "short query chunks over their paged context, causally",
+        nogil);
   tokenyard::bind_decode_step(m);
 }

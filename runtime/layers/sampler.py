@@ -48,12 +48,16 @@ def raw_logprobs_if_wanted(logits: torch.Tensor, rows: list[SamplingRow]) -> tor
 
 
 def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """Penalties and banned tokens applied, on a copy when anything changes."""
-    if any(row.params.uses_penalties or row.banned_token_ids for row in rows):
+    """Penalties, logit biases and banned tokens applied, on a copy when anything changes."""
+    if any(row.params.uses_penalties or row.params.logit_bias or row.banned_token_ids for row in rows):
         logits = logits.clone()
     for i, row in enumerate(rows):
         if row.params.uses_penalties:
             _apply_penalties(logits[i], row)
+        if row.params.logit_bias:
+            ids = torch.tensor(list(row.params.logit_bias), dtype=torch.long, device=logits.device)
+            biases = torch.tensor(list(row.params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
+            logits[i].index_add_(0, ids, biases)
         if row.banned_token_ids:
             logits[i, row.banned_token_ids] = float("-inf")
     return logits
@@ -100,7 +104,8 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     if any(p.top_k or p.top_p < 1 for p in params):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
-        top_k = torch.tensor([p.top_k or probs.shape[-1] for p in params], device=probs.device)[:, None]
+        vocab = probs.shape[-1]
+        top_k = torch.tensor([min(p.top_k, vocab) or vocab for p in params], device=probs.device)[:, None]
         top_p = torch.tensor([p.top_p for p in params], device=probs.device)[:, None]
         # keep a token if it is within top-k and the mass before it is below top-p (the first always stays)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs

@@ -1,43 +1,54 @@
-"""The OpenAI-compatible HTTP API over the async engine."""
+"""The OpenAI-compatible HTTP API over the async engine.
+
+Nothing a request carries runs on the event loop beyond parsing its (size-limited) body: templating and
+tokenising happen on a worker thread, generation on the engine's thread."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
+from starlette.types import Receive, Scope, Send
+from tokenyard.runtime.engine.inputs import PromptTooLong, TokenizedPrompt
+from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
-from tokenyard.runtime.server.async_engine import AsyncEngine, EngineDead, Overloaded
-from tokenyard.runtime.server.protocol import (
+from tokenyard.runtime.server.async_engine import AsyncEngine, EngineDead, Overloaded, RequestFailed
+from tokenyard.runtime.server.formats import ChatFormat, CompletionFormat, ResponseFormat
+
+from tokenyard.wire.asgi import install_error_handlers
+from tokenyard.wire.openai import (
+    COMPLETION_RESPONSES,
+    ERROR_RESPONSES,
+    SSE_DONE,
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
     error_body,
-    new_id,
+    error_type,
     now,
+    sse_error,
+    sse_event,
 )
 
 RETRY_AFTER_SECONDS = "1"
+NOT_SERVING = "not loaded yet, shutting down, or the engine failed"
+T = TypeVar("T")
 
 
 class APIError(Exception):
     def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
+        self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
+        self.status, self.message, self.param, self.headers = status, message, param, headers
 
 
 @dataclass
@@ -50,118 +61,122 @@ class ServerSettings:
 def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="tokenyard runtime", docs_url=None, redoc_url=None)
     app.state.engine, app.state.settings = engine, settings
+    install_error_handlers(app)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, error: APIError) -> JSONResponse:
-        return JSONResponse(
-            error_body(error.message, error.type, error.param, error.status), error.status, headers=error.headers
-        )
+        body = error_body(error.message, error_type(error.status), error.param, error.status)
+        return JSONResponse(body, error.status, headers=error.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
-        if first.get("type") == "json_invalid":
-            return JSONResponse(
-                error_body(f"malformed JSON body: {first.get('msg')}", "invalid_request_error", None, 400), 400
-            )
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return JSONResponse(
-            error_body(
-                f"{param}: {first.get('msg')}" if param else first.get("msg", "invalid request"),
-                "invalid_request_error",
-                param,
-                400,
-            ),
-            400,
-        )
-
-    def authorized(request: Request) -> None:
+    # Dependencies are coroutines: FastAPI runs plain functions on a worker thread, and starting those threads
+    # under load stalled the event loop.
+    async def authorized(request: Request) -> None:
         if settings.api_key is None:
             return
         if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-            raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)", "authentication_error")
+            raise APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
 
-    def ready() -> None:
+    async def ready() -> None:
         if not engine.ready:
-            raise APIError(503, "the model is not ready", "service_unavailable", headers={"Retry-After": "5"})
+            reason = str(engine.failure) if engine.failure else "the model is not loaded yet"
+            raise APIError(503, reason, headers={"Retry-After": "5"})
 
     guards = [Depends(authorized), Depends(ready)]
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_class=Response,
+        responses={200: {"description": "the model is loaded and serving"}, 503: {"description": NOT_SERVING}},
+    )
     async def health() -> Response:
         return Response(status_code=200 if engine.ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics() -> Response:
         body = generate_latest(engine.metrics.registry) if engine.metrics else b""
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", dependencies=[Depends(authorized)], responses=ERROR_RESPONSES)
     async def models() -> dict:
-        max_len = engine.engine.max_model_len if engine.engine else None
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": settings.served_model_name,
-                    "object": "model",
-                    "created": now(),
-                    "owned_by": "tokenyard",
-                    "max_model_len": max_len,
-                }
-            ],
-        }
+        card = {"id": settings.served_model_name, "object": "model", "created": now(), "owned_by": "tokenyard"}
+        return {"object": "list", "data": [{**card, "max_model_len": engine.max_model_len if engine.ready else None}]}
 
-    @app.post("/v1/chat/completions", dependencies=guards)
+    @app.post("/v1/chat/completions", dependencies=guards, responses=COMPLETION_RESPONSES)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         check_model(body.model, settings)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            text = engine.engine.apply_chat_template(messages, settings.chat_template, body.add_generation_prompt)
-        except Exception as error:
-            raise APIError(400, f"the chat template failed on these messages: {error}", param="messages") from None
-        ids = engine.engine.tokenizer.encode(text, add_special_tokens=False)
+        prompt = await off_loop(chat_prompt, engine, messages, settings.chat_template, body.add_generation_prompt)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        fmt = ChatFormat(settings.served_model_name, engine, body.top_logprobs or 0)
-        return await respond(engine, request, body, ids, logprobs, fmt)
+        fmt = ChatFormat(settings.served_model_name, engine.tokenizer, body.top_logprobs or 0)
+        return await respond(engine, request, body, prompt, logprobs, fmt)
 
-    @app.post("/v1/completions", dependencies=guards)
+    @app.post("/v1/completions", dependencies=guards, responses=COMPLETION_RESPONSES)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         check_model(body.model, settings)
-        prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(400, f"prompt holds {len(prompt)} prompts; send one per request", param="prompt")
-            prompt = prompt[0]
-        ids = engine.engine.tokenizer.encode(prompt, add_special_tokens=True) if isinstance(prompt, str) else prompt
-        fmt = CompletionFormat(settings.served_model_name, engine, echo=body.echo, prompt_ids=ids)
-        return await respond(engine, request, body, ids, body.logprobs, fmt)
+        one_string = isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str)
+        text = body.prompt[0] if one_string else body.prompt
+        prompt = await off_loop(completion_prompt, engine, text)
+        fmt = CompletionFormat(settings.served_model_name, engine.tokenizer, body.echo, prompt.token_ids)
+        return await respond(engine, request, body, prompt, body.logprobs, fmt)
 
     return app
+
+
+async def watch_event_loop(engine: AsyncEngine, interval: float = 0.01) -> None:
+    """Measures how late the loop runs a timer; anything that blocks it shows up here (and in /health's latency)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        if engine.metrics is not None:
+            engine.metrics.event_loop_lag.observe(max(loop.time() - start - interval, 0.0))
+
+
+# Templating and tokenising, off the event loop. Two threads: a long one does not hold up short ones, and few
+# threads contend for the GIL with the loop (six made /health wait 100-250 ms under 100 long prompts).
+INPUT_THREADS = ThreadPoolExecutor(2, thread_name_prefix="inputs")
+
+
+async def off_loop(work: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(INPUT_THREADS, work, *args)
+
+
+def chat_prompt(
+    engine: AsyncEngine, messages: list[dict], chat_template: str | None, add_generation_prompt: bool
+) -> TokenizedPrompt:
+    try:
+        text = engine.inputs.render_chat(messages, chat_template, add_generation_prompt)
+    except Exception as error:  # a template may raise anything (Jinja's raise_exception included)
+        raise APIError(400, f"the chat template failed on these messages: {error}", "messages") from None
+    return checked_prompt(engine, text, False, "messages")
+
+
+def completion_prompt(engine: AsyncEngine, prompt: str | list[int]) -> TokenizedPrompt:
+    if isinstance(prompt, list):
+        try:
+            return engine.inputs.checked(TokenizedPrompt(None, prompt))
+        except ValueError as error:
+            raise APIError(400, str(error), "prompt") from None
+    return checked_prompt(engine, prompt, True, "prompt")
+
+
+def checked_prompt(engine: AsyncEngine, text: str, add_special_tokens: bool, param: str) -> TokenizedPrompt:
+    try:
+        return engine.inputs.checked(TokenizedPrompt(text, engine.inputs.encode(text, add_special_tokens)))
+    except ValueError as error:
+        raise APIError(400, str(error), param) from None
 
 
 def check_model(model: str | None, settings: ServerSettings) -> None:
     if model is not None and model != settings.served_model_name:
         raise APIError(
-            404,
-            f"The model `{model}` does not exist; this server serves `{settings.served_model_name}`",
-            "not_found_error",
-            "model",
+            404, f"The model `{model}` does not exist; this server serves `{settings.served_model_name}`", "model"
         )
 
 
-def sampling_params(body: SamplingFields, prompt_len: int, max_model_len: int, logprobs: int | None) -> SamplingParams:
-    room = max_model_len - prompt_len
-    if body.max_tokens is not None and body.max_tokens > room:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{prompt_len + body.max_tokens} tokens ({prompt_len} in the prompt, {body.max_tokens} for the "
-            "completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens",
-        )
+def sampling_params(engine: AsyncEngine, body: SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
     try:
-        return SamplingParams(
+        params = SamplingParams(
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,
@@ -169,6 +184,7 @@ def sampling_params(body: SamplingFields, prompt_len: int, max_model_len: int, l
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
+            logit_bias=body.token_logit_bias(),
             seed=body.seed,
             stop=body.stop,
             stop_token_ids=body.stop_token_ids or [],
@@ -177,42 +193,36 @@ def sampling_params(body: SamplingFields, prompt_len: int, max_model_len: int, l
             min_tokens=body.min_tokens,
             logprobs=logprobs,
         )
+        engine.inputs.check_params(params)
+        engine.inputs.check_room(params, prompt_len)
+    except PromptTooLong as error:
+        raise APIError(400, str(error), "max_tokens") from None
     except ValueError as error:
-        raise APIError(400, str(error), param=str(error).split("=")[0]) from None
+        raise APIError(400, str(error), str(error).split("=")[0]) from None
+    return params
 
 
 async def respond(
     engine: AsyncEngine,
     request: Request,
     body: SamplingFields,
-    ids: list[int],
+    prompt: TokenizedPrompt,
     logprobs: int | None,
     fmt: ResponseFormat,
 ) -> Response:
     arrival = time.monotonic()
-    try:
-        engine.engine.check_prompt(ids)
-    except ValueError as error:
-        raise APIError(
-            400,
-            f"{error} (the prompt has {len(ids)} tokens; max_model_len is {engine.engine.max_model_len})",
-            param="messages" if isinstance(fmt, ChatFormat) else "prompt",
-        ) from None
-    params = sampling_params(body, len(ids), engine.engine.max_model_len, logprobs)
+    params = sampling_params(engine, body, len(prompt.token_ids), logprobs)
     try:
         engine.reserve()
     except Overloaded as error:
         raise APIError(
-            429,
-            f"server overloaded: {error}; retry later",
-            "rate_limit_error",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            429, f"server overloaded: {error}; retry later", headers={"Retry-After": RETRY_AFTER_SECONDS}
         ) from None
     request_id = fmt.new_request_id()
-    outputs = engine.generate(request_id, ids, params, arrival)
+    outputs = engine.generate(request_id, prompt.token_ids, params, arrival)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(sse(fmt.stream(request_id, outputs, include_usage)), media_type="text/event-stream")
+        return EventStream(sse(fmt.stream(request_id, outputs, include_usage)))
     final = await last_output(outputs, request)
     if final is None:  # the client left; nobody reads this
         return Response(status_code=499)
@@ -224,8 +234,9 @@ async def last_output(outputs: AsyncIterator[RequestOutput], request: Request) -
 
     async def consume() -> RequestOutput:
         last = None
-        async for output in outputs:
-            last = output
+        async with aclosing(outputs):
+            async for output in outputs:
+                last = output
         return last
 
     task = asyncio.ensure_future(consume())
@@ -237,136 +248,36 @@ async def last_output(outputs: AsyncIterator[RequestOutput], request: Request) -
             if await request.is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                await outputs.aclose()
                 return None
     except EngineDead as error:
-        raise APIError(503, str(error), "service_unavailable", headers={"Retry-After": "5"}) from None
+        raise APIError(503, str(error), headers={"Retry-After": "5"}) from None
+    except RequestFailed as error:
+        raise APIError(500, f"{error}; the request was not served (other requests were)") from None
+    finally:
+        task.cancel()
 
 
 async def sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
     try:
-        async for event in events:
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        async with aclosing(events):
+            async for event in events:
+                yield sse_event(event)
     except EngineDead as error:
-        yield f"data: {json.dumps(error_body(str(error), 'service_unavailable', None, 503))}\n\n"
-    yield "data: [DONE]\n\n"
+        yield sse_error(str(error), 503)
+    except RequestFailed as error:
+        yield sse_error(f"{error}; the request was not finished (other requests were)", 500)
+    yield SSE_DONE
 
 
-class ResponseFormat:
-    """How one endpoint shapes outputs into responses and stream chunks."""
+class EventStream(StreamingResponse):
+    """An SSE response that closes its generator as soon as the response ends, however it ends: a client
+    that disconnects aborts its request (and frees its blocks) at once, not when the collector gets to it."""
 
-    prefix = ""
-    object_name = ""
-    chunk_name = ""
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream")
 
-    def __init__(self, model: str, engine: AsyncEngine) -> None:
-        self.model, self.engine, self.created = model, engine, now()
-
-    def new_request_id(self) -> str:
-        return new_id(self.prefix)
-
-    def usage(self, output: RequestOutput) -> dict:
-        prompt, completion = len(output.prompt_token_ids), len(output.outputs[0].token_ids)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": output.num_cached_tokens},
-        }
-
-    def envelope(self, request_id: str, name: str, choices: list[dict]) -> dict:
-        return {"id": request_id, "object": name, "created": self.created, "model": self.model, "choices": choices}
-
-    def response(self, request_id: str, output: RequestOutput) -> dict:
-        completion = output.outputs[0]
-        body = self.envelope(request_id, self.object_name, [self.choice(completion.text, completion, 0, True)])
-        body["usage"] = self.usage(output)
-        return body
-
-    async def stream(
-        self, request_id: str, outputs: AsyncIterator[RequestOutput], include_usage: bool
-    ) -> AsyncIterator[dict]:
-        sent_text, sent_tokens = 0, 0
-        last = None
-        async for output in outputs:
-            last = output
-            completion = output.outputs[0]
-            delta = completion.text[sent_text:]
-            if not delta and not output.finished:
-                continue  # never an empty delta: the text may be held back for a stop string
-            choice = self.choice(delta, completion, sent_tokens, False)
-            sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
-            if output.finished:
-                choice["finish_reason"] = completion.finish_reason
-            yield self.envelope(request_id, self.chunk_name, [choice])
-        if include_usage and last is not None:
-            chunk = self.envelope(request_id, self.chunk_name, [])
-            chunk["usage"] = self.usage(last)
-            yield chunk
-
-    def choice(self, text: str, completion: CompletionOutput, first_token: int, final: bool) -> dict:
-        raise NotImplementedError
-
-    def token_text(self, token_id: int) -> str:
-        return self.engine.engine.tokenizer.decode([token_id])
-
-
-class ChatFormat(ResponseFormat):
-    prefix, object_name, chunk_name = "chatcmpl", "chat.completion", "chat.completion.chunk"
-
-    def __init__(self, model: str, engine: AsyncEngine, top_logprobs: int = 0) -> None:
-        super().__init__(model, engine)
-        self.top_logprobs = top_logprobs
-        self._role_sent = False
-
-    def choice(self, text: str, completion: CompletionOutput, first_token: int, final: bool) -> dict:
-        choice: dict = {"index": 0, "logprobs": None, "finish_reason": completion.finish_reason if final else None}
-        if final:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["delta"] = {"content": text}
-            if not self._role_sent:
-                choice["delta"]["role"], self._role_sent = "assistant", True
-        if completion.logprobs is not None:
-            tokens = zip(completion.token_ids[first_token:], completion.logprobs[first_token:], strict=True)
-            choice["logprobs"] = {"content": [self._token_logprobs(t, entry) for t, entry in tokens]}
-        return choice
-
-    def _token_logprobs(self, token_id: int, entry: dict[int, float]) -> dict:
-        top = sorted(entry.items(), key=lambda item: -item[1])[: self.top_logprobs]
-        return {
-            **self._logprob(token_id, entry[token_id]),
-            "top_logprobs": [self._logprob(t, logprob) for t, logprob in top],
-        }
-
-    def _logprob(self, token_id: int, logprob: float) -> dict:
-        text = self.token_text(token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
-
-
-class CompletionFormat(ResponseFormat):
-    prefix, object_name, chunk_name = "cmpl", "text_completion", "text_completion"
-
-    def __init__(self, model: str, engine: AsyncEngine, echo: bool, prompt_ids: list[int]) -> None:
-        super().__init__(model, engine)
-        self.echo_text = engine.engine.tokenizer.decode(prompt_ids) if echo else ""
-
-    def choice(self, text: str, completion: CompletionOutput, first_token: int, final: bool) -> dict:
-        if self.echo_text and (final or first_token == 0):
-            text = self.echo_text + text
-        choice: dict = {
-            "index": 0,
-            "text": text,
-            "logprobs": None,
-            "finish_reason": completion.finish_reason if final else None,
-        }
-        if completion.logprobs is not None:
-            ids = completion.token_ids[first_token:]
-            entries = completion.logprobs[first_token:]
-            choice["logprobs"] = {
-                "tokens": [self.token_text(t) for t in ids],
-                "token_logprobs": [e[t] for t, e in zip(ids, entries, strict=True)],
-                "top_logprobs": [{self.token_text(t): lp for t, lp in e.items()} for e in entries],
-                "text_offset": [],
-            }
-        return choice
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()

@@ -6,15 +6,17 @@ it through a command queue; outputs come back through each request's asyncio que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from tokenyard.runtime.config import EngineConfig
-from tokenyard.runtime.engine.llm_engine import LLMEngine
+from tokenyard.runtime.engine.inputs import InputProcessor
+from tokenyard.runtime.engine.llm_engine import LLMEngine, StepFailed
 from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
 from tokenyard.runtime.server.metrics import ServerMetrics
@@ -30,6 +32,14 @@ class EngineDead(RuntimeError):
     """The engine loop failed; the request cannot be served."""
 
 
+class RequestFailed(RuntimeError):
+    """The step serving this request raised; the engine serves the others on."""
+
+
+# Steps failing one after another (each failure aborts the requests it served) mean the engine itself is broken.
+MAX_CONSECUTIVE_STEP_FAILURES = 3
+
+
 @dataclass
 class _Add:
     request_id: str
@@ -43,6 +53,7 @@ class _Add:
 @dataclass
 class _Abort:
     request_id: str
+    reason: str  # client_disconnect, shutdown
 
 
 def _deliver(deliveries: list[tuple[asyncio.Queue, object]]) -> None:
@@ -63,6 +74,9 @@ class AsyncEngine:
         self._last_token_time: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
+        self.on_dead: Callable[[str], None] | None = None  # the server exits, so Kubernetes restarts the pod
+        self.draining = False  # set on SIGTERM: what is aborted from then on is aborted by the shutdown
+        self._failed_steps = 0
 
     # --- lifecycle (event loop side) ----------------------------------------------------------------
     def load(self) -> None:
@@ -93,6 +107,19 @@ class AsyncEngine:
     @property
     def ready(self) -> bool:
         return self.engine is not None and self.failure is None
+
+    @property
+    def inputs(self) -> InputProcessor:
+        """Prompt and chat to validated token ids: thread-safe, and meant to run off the event loop."""
+        return self.engine.inputs
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -133,7 +160,7 @@ class AsyncEngine:
         finally:
             self.in_flight -= 1
             if not finished:
-                self._commands.put(_Abort(request_id))
+                self._commands.put(_Abort(request_id, "shutdown" if self.draining else "client_disconnect"))
 
     # --- the loop (engine thread) -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -142,11 +169,15 @@ class AsyncEngine:
             commands = ([] if busy else [self._commands.get()]) + self._drain_commands()  # idle: sleep for work
             for command in commands:
                 if command is None:
-                    self._fail_all(EngineDead("the server is shutting down"))
+                    self._fail_all(EngineDead("the server is shutting down"), "shutdown")
                     return
                 self._apply(command)
+            if any(isinstance(c, _Abort) for c in commands):
+                self.metrics.record_load(self.engine)  # the gauges say at once what an abort freed
             if self.engine.has_unfinished_requests():
                 self._step()
+            if self.failure is not None:
+                return
 
     def _drain_commands(self) -> list[_Add | _Abort | None]:
         commands = []
@@ -160,7 +191,8 @@ class AsyncEngine:
         if isinstance(command, _Abort):
             self._streams.pop(command.request_id, None)
             self._last_token_time.pop(command.request_id, None)
-            self.engine.abort_request(command.request_id)
+            if self.engine.abort_request(command.request_id):
+                self.metrics.record_aborted(command.reason)
             return
         try:
             self.engine.add_request(
@@ -177,11 +209,17 @@ class AsyncEngine:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
-        except Exception as error:
-            log.exception("engine step failed; failing the requests in flight")
-            self.failure = error
-            self._fail_all(EngineDead(f"the engine failed: {error}"))
+        except StepFailed as failure:
+            self._failed_steps += 1
+            self._fail(failure.request_ids, RequestFailed(f"the engine failed on this request's step: {failure}"))
+            if self._failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
+                self._die(f"{self._failed_steps} steps in a row failed, the last with {failure}")
             return
+        except Exception as error:  # the cleanup after a failed step failed too: nothing can be trusted
+            log.exception("the engine is broken")
+            self._die(f"the engine failed and could not recover: {type(error).__name__}: {error}")
+            return
+        self._failed_steps = 0
         now = time.monotonic()
         deliveries: list[tuple[asyncio.Queue, RequestOutput]] = []
         for output in outputs:
@@ -201,9 +239,34 @@ class AsyncEngine:
             stream.loop.call_soon_threadsafe(_deliver, deliveries)
         self.metrics.record_step(self.engine)
 
-    def _fail_all(self, error: BaseException) -> None:
-        for request_id, stream in list(self._streams.items()):
+    def _fail(self, request_ids: list[str], error: BaseException) -> None:
+        """End these requests' streams with ``error`` (the engine has already aborted them)."""
+        for request_id in request_ids:
+            stream = self._streams.pop(request_id, None)
+            self._last_token_time.pop(request_id, None)
+            if stream is not None:
+                self.metrics.record_aborted("error")
+                stream.loop.call_soon_threadsafe(stream.stream.put_nowait, error)
+        self.metrics.record_step(self.engine)
+
+    def _fail_all(self, error: BaseException, reason: str) -> None:
+        for request_id, stream in self._streams.items():
             self.engine.abort_request(request_id)
+            self.metrics.record_aborted(reason)
             stream.loop.call_soon_threadsafe(stream.stream.put_nowait, error)
         self._streams.clear()
+        self._last_token_time.clear()
         self.metrics.record_step(self.engine)
+
+    def _die(self, reason: str) -> None:
+        """Fail everything, refuse what comes (EngineDead), and have the process exit."""
+        self.failure = EngineDead(f"the engine failed: {reason}")
+        with contextlib.suppress(Exception):  # aborting may fail on a broken engine: the streams end regardless
+            for request_id in list(self._streams):
+                self.engine.abort_request(request_id)
+        for stream in self._streams.values():
+            stream.loop.call_soon_threadsafe(stream.stream.put_nowait, self.failure)
+        self._streams.clear()
+        log.error("%s; the server exits so that it is restarted", self.failure)
+        if self.on_dead is not None:
+            self.on_dead(str(self.failure))

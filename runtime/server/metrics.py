@@ -87,6 +87,12 @@ class ServerMetrics:
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled prompt tokens", label, registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", label, registry=r)
         self.success = Counter("vllm:request_success", "Finished requests", [*label, "finished_reason"], registry=r)
+        self.aborted = Counter(
+            "tokenyard_requests_aborted",
+            "Requests ended before they finished, by reason (client_disconnect, shutdown, error)",
+            [*label, "reason"],
+            registry=r,
+        )
         self.spec_drafts = Counter("vllm:spec_decode_num_drafts", "Speculative drafts", label, registry=r)
         self.spec_draft_tokens = Counter("vllm:spec_decode_num_draft_tokens", "Draft tokens", label, registry=r)
         self.spec_accepted = Counter("vllm:spec_decode_num_accepted_tokens", "Accepted draft tokens", label, registry=r)
@@ -127,7 +133,19 @@ class ServerMetrics:
         self.cache_config = Info("tokenyard_cache_config", "KV cache configuration", label, registry=r)
         self.weights_bytes = Gauge("tokenyard_model_weights_bytes", "Bytes of model weights", label, registry=r)
         self.peak_rss = Gauge("tokenyard_process_peak_resident_memory_bytes", "Peak resident memory", label, registry=r)
+        self.event_loop_lag = Histogram(
+            "tokenyard_event_loop_lag_seconds",
+            "How late the server's event loop woke for a 10 ms timer: what every request and probe waits extra",
+            buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            registry=r,
+        )
         self.gpu_memory = Gauge("tokenyard_gpu_memory_used_bytes", "GPU memory allocated by torch", label, registry=r)
+        self.gpu_utilization = Gauge(
+            "tokenyard_gpu_utilization",
+            "GPU busy share over the last sample period (NVML; 1 = busy)",
+            label,
+            registry=r,
+        )
         self.model_name = model_name
         self._seen = {
             "queries": 0,
@@ -155,12 +173,20 @@ class ServerMetrics:
         )
         self.weights_bytes.labels(self.model_name).set(engine.runner.loaded.weights_bytes)
 
-    def record_step(self, engine: LLMEngine) -> None:
-        """Gauges now, and counters by what the engine's own totals moved since the last step."""
+    def record_load(self, engine: LLMEngine) -> None:
+        """The gauges autoscalers and routers read: running and waiting requests, KV cache usage."""
         name = self.model_name
         self.running.labels(name).set(len(engine.scheduler.running))
         self.waiting.labels(name).set(len(engine.scheduler.waiting))
         self.kv_usage.labels(name).set(engine.kv_cache.usage)
+
+    def record_aborted(self, reason: str) -> None:
+        self.aborted.labels(self.model_name, reason).inc()
+
+    def record_step(self, engine: LLMEngine) -> None:
+        """Gauges now, and counters by what the engine's own totals moved since the last step."""
+        name = self.model_name
+        self.record_load(engine)
         totals = {
             "queries": engine.kv_cache.prefix_cache_queries,
             "hits": engine.kv_cache.prefix_cache_hits,

@@ -416,10 +416,12 @@ def test_gateway_config_change_rolls_the_pods():
 
 def test_gateway_probes_do_not_wait_for_a_model():
     """/health is 503 until some runtime replica is healthy: probing it would leave a fresh install unready (and
-    `helm install --wait` hanging) until a model is deployed. /metrics answers whenever the server runs."""
+    `helm install --wait` hanging) until a model is deployed. /metrics answers whenever the server runs; /ready
+    too, until SIGTERM, when it fails at once so the draining pod leaves the Service."""
     gateway = container(render(), "Deployment", f"{FULLNAME}-gateway")
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert gateway[probe]["httpGet"] == {"path": "/metrics", "port": "http"}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     operator = container(render(), "Deployment", f"{FULLNAME}-operator")
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -507,7 +509,8 @@ def test_schema_mirrors_the_gateway_config_model():
         return set(node["properties"])
 
     config = schema["properties"]["gateway"]["properties"]["config"]
-    chart_managed = {"redis_url", "database_url", "discovery", "namespaces", "upstreams"}
+    # upstream_api_key comes from a Secret, through the environment (gateway.upstreamApiKey), never the config
+    chart_managed = {"redis_url", "database_url", "discovery", "namespaces", "upstreams", "upstream_api_key"}
     assert properties(config) == set(model.GatewayConfig.model_fields) - chart_managed
     nested = config["properties"]
     assert properties(nested["tenants"]["items"]) == set(model.Tenant.model_fields)
@@ -617,6 +620,38 @@ def test_existing_password_secrets_are_referenced_not_copied(values, reference):
     assert urlsplit(gateway_config(docs)["database_url"]).password is None
     if values["postgres"].get("enabled"):
         assert postgres_password_source(docs) == reference
+
+
+def test_gateway_drains_within_the_pods_grace_period():
+    pod = one(render({"gateway": {"shutdownGraceSeconds": 45}}), "Deployment", f"{FULLNAME}-gateway")["spec"]
+    cli = parse_with("tokenyard.gateway.cli", pod["template"]["spec"]["containers"][0]["args"])
+    assert cli.shutdown_grace_seconds == 45 and cli.max_request_body_bytes == 4 << 20
+    assert pod["template"]["spec"]["terminationGracePeriodSeconds"] == 50
+
+
+@pytest.mark.parametrize(
+    ("values", "reference"),
+    [
+        ({}, None),
+        ({"create": True}, {"name": f"{FULLNAME}-upstream-api-key", "key": "api-key"}),
+        ({"existingSecret": "runtime-key", "existingSecretKey": "token"}, {"name": "runtime-key", "key": "token"}),
+    ],
+    ids=["none", "generated", "existing"],
+)
+def test_the_gateways_upstream_key_comes_from_a_secret(values, reference):
+    docs = render({"gateway": {"upstreamApiKey": values}})
+    gateway = container(docs, "Deployment", f"{FULLNAME}-gateway")
+    env = {e["name"]: e for e in gateway["env"]}
+    generated = find(docs, "Secret", f"{FULLNAME}-upstream-api-key")
+    if reference is None:
+        assert "TOKENYARD_UPSTREAM_API_KEY" not in env and generated == []
+        return
+    assert env["TOKENYARD_UPSTREAM_API_KEY"]["valueFrom"]["secretKeyRef"] == reference
+    assert not any("api-key" in arg or "api_key" in arg for arg in gateway["args"])  # never in the process list
+    if values.get("create"):
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", secret_text(one(docs, "Secret", reference["name"]), "api-key"))
+    else:
+        assert generated == []
 
 
 # --- names, labels, NOTES -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -82,9 +83,25 @@ class PostgresServer:
         self.server.cleanup()
 
 
+def write_config(directory: Path, **settings: object) -> Path:
+    """A gateway YAML config (open access: no tenants) with these settings."""
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
 class GatewayProcess:
-    def __init__(self, upstreams: list[str], redis_url: str, config: Path, log: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        upstreams: list[str],
+        redis_url: str,
+        config: Path,
+        log: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.log = log
         self.url = f"http://127.0.0.1:{self.port}"
         flags = [arg for u in upstreams for arg in ("--upstream", u)]
         self.process = subprocess.Popen(
@@ -106,12 +123,13 @@ class GatewayProcess:
             ],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         wait_healthy(self.url, self.process, log)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        return self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -120,3 +120,12 @@ def test_redis_then_postgres_stopping_mid_traffic_fails_no_request_and_caching_r
             break
         assert time.monotonic() < deadline, "caching did not resume"
         time.sleep(1)
+
+
+def test_a_semantic_hit_is_written_back_so_the_same_request_is_then_an_exact_hit(semantic_gateway):
+    system = system_prompt()
+    first = ask(semantic_gateway, system=system, content="What is the boiling point of water?")
+    paraphrase = [ask(semantic_gateway, system=system, content="what is the boiling point of water??") for _ in "ab"]
+    assert [outcome(r) for r in (first, *paraphrase)] == ["miss", "hit-semantic", "hit-exact"]
+    assert answer(paraphrase[1]) == answer(paraphrase[0]) == answer(first)
+    assert "x-tokenyard-similarity" not in paraphrase[1].headers

@@ -140,3 +140,15 @@ name: {{ .Values.postgres.external.existingSecret }}
 key: {{ .Values.postgres.external.existingSecretPasswordKey }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret and key of the key the gateway sends its upstreams; empty when there is none. */}}
+{{- define "tokenyard.gateway.upstreamKeyRef" -}}
+{{- $key := .Values.gateway.upstreamApiKey }}
+{{- if $key.existingSecret }}
+name: {{ $key.existingSecret }}
+key: {{ $key.existingSecretKey }}
+{{- else if $key.create }}
+name: {{ include "tokenyard.componentName" (dict "root" . "component" "upstream-api-key") }}
+key: api-key
+{{- end }}
+{{- end }}
