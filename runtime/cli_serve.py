@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from tokenyard.runtime.engine_args import add_engine_arguments, engine_config_fr
 from tokenyard.wire.asgi import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
+API_KEY_ENV = "TOKENYARD_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--port", type=int, default=8000)
     server.add_argument("--served-model-name", default=None, help="the name clients send as `model` (default: --model)")
     server.add_argument("--chat-template", type=Path, default=None, help="a Jinja file replacing the model's template")
-    server.add_argument("--api-key", default=None, help="require `Authorization: Bearer <key>` on /v1")
+    server.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require `Authorization: Bearer <key>` on /v1 (default: ${API_KEY_ENV}, so a Secret can set it)",
+    )
     server.add_argument(
         "--max-queue-len",
         type=int,

@@ -4,7 +4,6 @@ in-process exact cache: no Redis, no cluster."""
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import time
@@ -24,10 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from tokenyard.gateway.app import build_app
     from tokenyard.gateway.config import GatewayConfig
+    from tokenyard.wire.asgi import run_server
 
     serve_args = [a for a in args.serve_args if a != "--"]
     runtime = f"http://127.0.0.1:{args.runtime_port}"
@@ -36,24 +34,18 @@ def run(args: argparse.Namespace) -> int:
         _wait_healthy(runtime, process, args.startup_timeout)
         config = GatewayConfig(upstreams=[runtime], local_cache=True)
         print(f"tokenyard up: gateway on http://{args.host}:{args.port} -> runtime {runtime}", flush=True)
-        # uvicorn re-raises the SIGTERM/SIGINT it caught once its graceful shutdown is done: turn that into a
-        # normal exit, so the `finally` below stops the runtime too
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _exit_cleanly)
-        uvicorn.run(build_app(config), host=args.host, port=args.port, log_level="info", access_log=False)
+        app = build_app(config)
+        # The gateway drains first (its requests in flight finish on the runtime), then the runtime drains.
+        code = run_server(app, args.host, args.port, 30.0, access_log=False, on_draining=app.state.gateway.drain)
     finally:
         process.terminate()
         process.wait(timeout=60)
-    return 0
+    return code
 
 
 def serve_command(port: int, *flags: str) -> list[str]:
     """``tokenyard serve`` on localhost, run by this interpreter."""
     return [sys.executable, "-m", "tokenyard.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
-
-
-def _exit_cleanly(signum: int, _frame: object) -> None:
-    raise SystemExit(0)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:

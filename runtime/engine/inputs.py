@@ -60,6 +60,8 @@ class InputProcessor:
     def render_chat(self, messages: list[dict], chat_template: str | None, add_generation_prompt: bool) -> str:
         if chat_template is None and not self.tokenizer.chat_template:
             raise ValueError("the model has no chat template: pass one (chat_template=...)")
+        # The template puts every message's text in the prompt: refuse what cannot fit before rendering it.
+        self._check_characters(sum(len(m.get("content") or "") for m in messages if isinstance(m.get("content"), str)))
         return self.tokenizer.apply_chat_template(
             messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
@@ -76,6 +78,12 @@ class InputProcessor:
             if counted >= self.max_model_len + PREFIX_MARGIN_TOKENS:
                 raise PromptTooLong(self._too_long(f"more than {counted - PREFIX_MARGIN_TOKENS}"))
         return self._encode(text, add_special_tokens)
+
+    def _check_characters(self, characters: int) -> None:
+        if characters > self.max_model_len * self._max_token_chars:  # even the longest tokens cannot hold them
+            raise PromptTooLong(
+                self._too_long(f"{characters} characters: at least {characters // self._max_token_chars}")
+            )
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if self._backend is not None:

@@ -20,7 +20,13 @@ from starlette.types import Receive, Scope, Send
 from tokenyard.runtime.engine.inputs import PromptTooLong, TokenizedPrompt
 from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
-from tokenyard.runtime.server.async_engine import AsyncEngine, EngineDead, Overloaded, RequestFailed
+from tokenyard.runtime.server.async_engine import (
+    AsyncEngine,
+    EngineDead,
+    Overloaded,
+    RequestFailed,
+    yield_to_the_event_loop,
+)
 from tokenyard.runtime.server.formats import ChatFormat, CompletionFormat, ResponseFormat
 
 from tokenyard.wire.asgi import install_error_handlers
@@ -134,7 +140,7 @@ async def watch_event_loop(engine: AsyncEngine, interval: float = 0.01) -> None:
 
 # Templating and tokenising, off the event loop. Two threads: a long one does not hold up short ones, and few
 # threads contend for the GIL with the loop (six made /health wait 100-250 ms under 100 long prompts).
-INPUT_THREADS = ThreadPoolExecutor(2, thread_name_prefix="inputs")
+INPUT_THREADS = ThreadPoolExecutor(2, thread_name_prefix="inputs", initializer=yield_to_the_event_loop)
 
 
 async def off_loop(work: Callable[..., T], *args: object) -> T:
@@ -270,14 +276,26 @@ async def sse(events: AsyncIterator[dict]) -> AsyncIterator[str]:
 
 
 class EventStream(StreamingResponse):
-    """An SSE response that closes its generator as soon as the response ends, however it ends: a client
-    that disconnects aborts its request (and frees its blocks) at once, not when the collector gets to it."""
+    """An SSE response that ends the moment its client leaves, however it leaves: it watches for the
+    disconnect itself (a stream whose tokens are held back, e.g. for a stop string, sends nothing that could
+    notice), and closes its generator, which aborts the request and frees its blocks at once."""
 
     def __init__(self, events: AsyncIterator[str]) -> None:
         super().__init__(events, media_type="text/event-stream")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def client_left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        streaming = asyncio.ensure_future(super().__call__(scope, receive, send))
+        watching = asyncio.ensure_future(client_left())
         try:
-            await super().__call__(scope, receive, send)
+            await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in (streaming, watching):
+                task.cancel()
+            await asyncio.gather(streaming, watching, return_exceptions=True)
             await self.body_iterator.aclose()
+        if not streaming.cancelled() and streaming.exception() is not None:
+            raise streaming.exception()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -61,6 +62,19 @@ def _deliver(deliveries: list[tuple[asyncio.Queue, object]]) -> None:
         stream.put_nowait(item)
 
 
+# How much lower the engine thread's CPU priority is than the event loop's (Linux nice steps).
+ENGINE_NICENESS = 5
+
+
+def yield_to_the_event_loop() -> None:
+    """Lower this thread's CPU priority, and so that of the compute threads torch starts from it: on a busy
+    machine the event loop (probes, streams, new requests) then runs the moment it is ready instead of
+    queueing behind a step's matmuls for a scheduler time slice. Throughput is unchanged: the loop is idle
+    most of the time. Linux only; elsewhere a no-op."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + ENGINE_NICENESS)
+
+
 class AsyncEngine:
     def __init__(self, config: EngineConfig, max_queue_len: int, served_model_name: str) -> None:
         self.config = config
@@ -92,6 +106,7 @@ class AsyncEngine:
             raise self.failure
 
     def _load_and_loop(self, loaded: threading.Event) -> None:
+        yield_to_the_event_loop()
         try:
             self.engine = LLMEngine(self.config)
             self.metrics = ServerMetrics(self.served_model_name, self.engine.max_model_len)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -53,16 +54,29 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def validation_message(errors: list[dict[str, Any]] | Any) -> tuple[str, str | None]:
-    """OpenAI's shape for a pydantic error: a sentence naming the field, and the field as `param`."""
-    first = next(iter(errors))
+    """OpenAI's shape for a pydantic error: a sentence naming the field, and the field as `param`. A value that
+    fits none of a field's forms (a union) gets each form's complaint, once."""
+    errors = list(errors)
+    first = errors[0]
     if first.get("type") == "json_invalid":
         return f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    message = str(first.get("msg", "invalid request"))
-    if first.get("type") == "missing":
-        message = "this field is required"
+    param = _param(first)
+    complaints = list(dict.fromkeys(_complaint(e) for e in errors if _param(e) == param))
+    message = "; or ".join(complaints)
     return (f"{param}: {message}" if param else message), param
+
+
+# Where pydantic names the member of a union that a value failed, e.g. ("prompt", "list[int]", 0).
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|dict|list|.*\[.*\]|[a-z]+(-[a-z]+)+(\[.*\])?)$")
+
+
+def _param(error: dict[str, Any]) -> str | None:
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    return ".".join(part for part in location if not _UNION_MEMBER.match(part)) or None
+
+
+def _complaint(error: dict[str, Any]) -> str:
+    return "this field is required" if error.get("type") == "missing" else str(error.get("msg", "invalid request"))
 
 
 def _describe(error: BaseException) -> str:
