@@ -4,6 +4,7 @@ model. Every one is answered 200 or a 4xx OpenAI error object, and the engine st
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -85,19 +86,28 @@ def check_answer(client, engine, path: str, body: dict) -> None:
     else:
         assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert engine.ready and engine.failure is None, f"the engine failed after {body}"
-    assert engine.in_flight == 0
+    assert settled(engine), "a request is still counted in flight after its answer"
 
 
-fuzz = settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def settled(engine) -> bool:
+    """Nothing in flight: the client may hold the whole answer a moment before the server has closed it."""
+    deadline = time.monotonic() + 2
+    while engine.in_flight and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return engine.in_flight == 0
 
 
-@fuzz
+def fuzz(examples: int):
+    return settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@fuzz(1200)
 @given(body=CHAT)
 def test_generated_chat_requests_never_break_the_engine(server, body):
     check_answer(*server, "/v1/chat/completions", body)
 
 
-@fuzz
+@fuzz(800)
 @given(body=COMPLETION)
 def test_generated_completion_requests_never_break_the_engine(server, body):
     check_answer(*server, "/v1/completions", body)
@@ -158,11 +168,11 @@ def test_the_openapi_document_holds_with_every_check(server):
     client, engine = server
 
     def healthy() -> None:
-        assert engine.ready and engine.failure is None and engine.in_flight == 0
+        assert engine.ready and engine.failure is None and settled(engine)
 
     # A schema-valid request may still be one the model cannot serve (400): max_tokens beyond what fits beside
     # the prompt, token ids beyond the vocabulary, a chat the template refuses. Those limits depend on the
     # model, so the shared schema cannot state them.
     schema = openapi_schema(client.app, accepted_statuses=["200", "400", "404"])
-    operations = check_every_operation(schema, max_examples=30, after_each=healthy)
+    operations = check_every_operation(schema, max_examples=60, after_each=healthy)
     assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /health"} <= set(operations)
