@@ -7,8 +7,9 @@
   reached the client yet). A replica that is merely slow is never ejected: the client gets a 504 and the replica
   keeps its place; only failed connections and the health checker take replicas out.
 - Timeouts: a non-streamed answer arrives all at once, after its last token, so its limit grows with the
-  tokens asked for: first_byte_timeout_seconds + max_tokens x seconds_per_output_token. A stream is judged by
-  its gaps: none may exceed first_byte_timeout_seconds.
+  tokens asked for: first_byte_timeout_seconds + max_tokens x seconds_per_output_token. A stream's first event
+  may take as long (it waits in the runtime's queue as a whole answer does); after it, no gap may exceed
+  first_byte_timeout_seconds.
 - Refusals: a replica's 429/502/503/504 sends the request to another replica; when none is left the last
   refusal goes to the client as it came, Retry-After included."""
 
@@ -138,15 +139,20 @@ class Forwarder:
         )
 
     def read_timeout(self, job: Job) -> float:
-        if job.request.stream:
-            return self.config.first_byte_timeout_seconds
         max_tokens = job.request.fields.max_tokens or self.config.assumed_max_tokens
         return self.config.first_byte_timeout_seconds + max_tokens * self.config.seconds_per_output_token
 
     async def _answer(self, upstream: aiohttp.ClientResponse, job: Job, resources: AsyncExitStack) -> Attempt:
         status = upstream.status
         if status == 200 and job.request.stream:  # the relay takes over the lease and the connection
-            relay = Relay(upstream, resources.pop_all(), job.endpoint, job.request.include_usage, job.on_complete)
+            relay = Relay(
+                upstream,
+                resources.pop_all(),
+                job.endpoint,
+                job.request.include_usage,
+                job.on_complete,
+                self.config.first_byte_timeout_seconds,
+            )
             return Attempt(RelayResponse(relay, job.headers))
         content = await upstream.read()
         if status in (401, 403):  # our key, not the client's: the gateway is misconfigured

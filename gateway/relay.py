@@ -5,6 +5,7 @@ finished cleanly is folded into a response and handed on (to the cache and the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,9 +30,11 @@ class Relay:
         endpoint: str,
         include_usage: bool,
         on_complete: Callable[[dict], Awaitable[None]],
+        gap_seconds: float,
     ) -> None:
         self.upstream, self.resources = upstream, resources  # resources: the upstream response and the lease
         self.endpoint, self.include_usage, self.on_complete = endpoint, include_usage, on_complete
+        self.gap_seconds = gap_seconds  # after the first event; before it, the request's whole read limit
         self.lines: list[str] = []
         self.done = False  # [DONE] arrived
 
@@ -55,8 +58,10 @@ class Relay:
             await self.on_complete(result)
 
     async def _lines(self) -> AsyncIterator[bytes]:
-        async for raw in self.upstream.content:
+        started = False
+        while raw := await self._next_line(started):
             line = raw.decode().rstrip("\r\n")
+            started = started or line.startswith("data:")
             self.lines.append(line)
             if not self.include_usage and _is_usage_chunk(line):
                 continue  # asked for upstream so the stream can be counted and cached; not for this client
@@ -64,6 +69,10 @@ class Relay:
             if line == DONE_LINE:
                 self.done = True
                 return
+
+    async def _next_line(self, started: bool) -> bytes:
+        read = self.upstream.content.readline()
+        return await (asyncio.wait_for(read, self.gap_seconds) if started else read)
 
     def _broken(self, reason: str, status: int) -> bytes:
         log.warning("stream from %s broke: %s", self.upstream.url.origin(), reason)

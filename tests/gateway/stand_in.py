@@ -4,7 +4,8 @@ cue: take exactly N seconds to answer, refuse with a chosen status and Retry-Aft
 stream (the socket closed before the terminating chunk). Everything else about the gateway under test is real.
 
 A request steers it with an extra body field (the wire models accept extra fields, so the gateway forwards it):
-``"stand_in": {"sleep": 2.0, "status": 429, "retry_after": "7", "chunks": 3, "die_after": 1, "stall": 5.0}``."""
+``"stand_in": {"sleep": 2.0, "status": 429, "retry_after": "7", "chunks": 3, "die_after": 1, "stall": 5.0,
+"queued": 2.0}``."""
 
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ async def _stream(writer: asyncio.StreamWriter, steer: dict) -> None:
     go silent that long after the first chunk."""
     headers = {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked", "Connection": "close"}
     writer.write(_head(200, headers))
+    await asyncio.sleep(steer.get("queued", 0))  # headers at once, tokens after a wait in line: as the runtime
     chunks = steer.get("chunks", 3)
     for i in range(chunks):
         if i == steer.get("die_after"):

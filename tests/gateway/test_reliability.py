@@ -134,6 +134,13 @@ def test_a_stream_whose_upstream_dies_ends_with_an_error_event_and_is_not_cached
     assert len(stand_in.posts()) == before + 2  # the broken stream was not cached
 
 
+def test_a_stream_queued_upstream_may_wait_for_its_first_event_as_long_as_a_whole_answer(gateway, stand_in):
+    response = chat(gateway, stream=True, max_tokens=40, stand_in={"chunks": 3, "queued": 2 * FIRST_BYTE})
+    events = sse_events(response)  # limit: 1 s + 40 x 0.05 s = 3 s for the first event, then 1 s between events
+    assert [e["choices"][0]["delta"]["content"] for e in events[:3]] == ["part0 ", "part1 ", "part2 "]
+    assert events[-1] == "[DONE]" and not any("error" in e for e in events if isinstance(e, dict))
+
+
 def test_a_stream_that_goes_silent_past_the_timeout_ends_with_an_error_event(gateway, stand_in):
     response = chat(gateway, stream=True, stand_in={"chunks": 3, "stall": 3 * FIRST_BYTE})
     events = sse_events(response)
