@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenyard.runtime.server.app import ServerSettings, build_app, watch_event_loop
+    from tokenyard.runtime.server.app import ServerSettings, build_app, start_input_threads, watch_event_loop
     from tokenyard.runtime.server.async_engine import AsyncEngine
 
     from tokenyard.wire.asgi import GracefulServer, run_server
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         log.info("serving %s on http://%s:%d", settings.served_model_name, args.host, args.port)
+        await start_input_threads()
         watcher = asyncio.create_task(watch_event_loop(engine))
         yield
         watcher.cancel()

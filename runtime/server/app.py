@@ -143,6 +143,11 @@ async def watch_event_loop(engine: AsyncEngine, interval: float = 0.01) -> None:
 INPUT_THREADS = ThreadPoolExecutor(2, thread_name_prefix="inputs", initializer=yield_to_the_event_loop)
 
 
+async def start_input_threads() -> None:
+    """Start the input threads now: a thread started under load makes the loop wait for it to run."""
+    await asyncio.gather(*(off_loop(time.sleep, 0.05) for _ in range(INPUT_THREADS._max_workers)))
+
+
 async def off_loop(work: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(INPUT_THREADS, work, *args)
 
