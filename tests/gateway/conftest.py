@@ -15,6 +15,7 @@ import yaml
 from tokenyard.gateway.config import hash_api_key
 
 from ..runtime.server_process import ServerProcess, free_port, wait_healthy
+from .stand_in import StandIn
 
 TENANTS = {"acme": "key-acme", "globex": "key-globex", "tiny": "key-tiny", "metered": "key-metered"}
 
@@ -148,6 +149,14 @@ class GatewayProcess:
     def stop(self) -> int:
         self.process.terminate()
         return self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    """A real HTTP server on a socket that plays a replica as told (slow, refusing, dying): see stand_in.py."""
+    server = StandIn()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,17 +15,10 @@ from schemathesis.config import SchemathesisConfig
 from tokenyard.gateway.inputs import MAX_JSON_DEPTH
 
 from .conftest import GatewayProcess, write_config
-from .stand_in import MODEL, StandIn
+from .stand_in import MODEL
 
 MAX_BODY = 65536
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-@pytest.fixture(scope="module")
-def stand_in():
-    server = StandIn()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

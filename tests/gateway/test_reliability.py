@@ -46,13 +46,6 @@ def healthy(gateway, upstream: StandIn) -> float:
 
 
 @pytest.fixture(scope="module")
-def stand_in():
-    server = StandIn()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(stand_in, redis_server, tmp_path_factory):
     directory = tmp_path_factory.mktemp("reliability")
     config = write_config(directory, first_byte_timeout_seconds=FIRST_BYTE, seconds_per_output_token=PER_TOKEN)
