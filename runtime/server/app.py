@@ -140,12 +140,13 @@ async def watch_event_loop(engine: AsyncEngine, interval: float = 0.01) -> None:
 
 # Templating and tokenising, off the event loop. Two threads: a long one does not hold up short ones, and few
 # threads contend for the GIL with the loop (six made /health wait 100-250 ms under 100 long prompts).
-INPUT_THREADS = ThreadPoolExecutor(2, thread_name_prefix="inputs", initializer=yield_to_the_event_loop)
+INPUT_THREAD_COUNT = 2
+INPUT_THREADS = ThreadPoolExecutor(INPUT_THREAD_COUNT, thread_name_prefix="inputs", initializer=yield_to_the_event_loop)
 
 
 async def start_input_threads() -> None:
     """Start the input threads now: a thread started under load makes the loop wait for it to run."""
-    await asyncio.gather(*(off_loop(time.sleep, 0.05) for _ in range(INPUT_THREADS._max_workers)))
+    await asyncio.gather(*(off_loop(time.sleep, 0.05) for _ in range(INPUT_THREAD_COUNT)))
 
 
 async def off_loop(work: Callable[..., T], *args: object) -> T:
