@@ -265,23 +265,21 @@ class AsyncEngine:
         self.metrics.record_step(self.engine)
 
     def _fail_all(self, error: BaseException, reason: str) -> None:
+        """End every stream with ``error``. Aborting may fail on a broken engine: the streams end regardless."""
         for request_id, stream in self._streams.items():
-            self.engine.abort_request(request_id)
+            with contextlib.suppress(Exception):
+                self.engine.abort_request(request_id)
             self.metrics.record_aborted(reason)
             stream.loop.call_soon_threadsafe(stream.stream.put_nowait, error)
         self._streams.clear()
         self._last_token_time.clear()
-        self.metrics.record_step(self.engine)
+        with contextlib.suppress(Exception):
+            self.metrics.record_step(self.engine)
 
     def _die(self, reason: str) -> None:
         """Fail everything, refuse what comes (EngineDead), and have the process exit."""
         self.failure = EngineDead(f"the engine failed: {reason}")
-        with contextlib.suppress(Exception):  # aborting may fail on a broken engine: the streams end regardless
-            for request_id in list(self._streams):
-                self.engine.abort_request(request_id)
-        for stream in self._streams.values():
-            stream.loop.call_soon_threadsafe(stream.stream.put_nowait, self.failure)
-        self._streams.clear()
+        self._fail_all(self.failure, "error")
         log.error("%s; the server exits so that it is restarted", self.failure)
         if self.on_dead is not None:
             self.on_dead(str(self.failure))
