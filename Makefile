@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# pip as a script, not `python -m pip`: -m puts this folder first on sys.path, where operator/ would shadow the
-# standard library's `operator` until the editable install's .pth has loaded the real one.
+# The venv's own pip. (`python -m` is safe in this folder too: operator/ is a namespace portion, so it cannot
+# shadow the standard library's `operator`; see operator/README.md.)
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# A real Redis for the gateway's tests (Debian's package; no systemd needed: the tests start it).
 	command -v redis-server >/dev/null || apt-get install -y -q redis-server || \
 		(apt-get update -q && apt-get install -y -q redis-server)
-	cd / && $(PYTHON) -m venv $(CURDIR)/$(VENV)
+	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel of torch 2.13.0 lies on the machine; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
@@ -26,23 +26,28 @@ $(STAMP): pyproject.toml
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	# mypy (the packages in pyproject's [tool.mypy]) cannot follow the editable install's finder: it reads the part
+	# folders through links named as their packages (mypy_path; tokenyard/operator is a link in the checkout).
+	mkdir -p build/typecheck/tokenyard
+	for part in gateway evals runtime; do ln -sfn ../../../$$part build/typecheck/tokenyard/$$part; done
+	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest
 
 bench: install
 	command -v wrk >/dev/null || apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)
-	$(PY) -m benchmarks.engine --out docs/benchmarks.md
-	$(PY) -m benchmarks.serve --out docs/benchmarks.md
-	$(PY) -m benchmarks.gateway --out docs/benchmarks.md
-	$(PY) -m benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
+	$(PY) -m tokenyard.benchmarks.engine --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.serve --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.gateway --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
 	# llama.cpp for the side-by-side rows only (builds from source in ~7 min; never a dependency of tokenyard).
 	$(PY) -c 'import llama_cpp' 2>/dev/null || $(PIP) install --quiet llama-cpp-python || echo 'no llama.cpp: its rows are skipped'
-	$(PY) -m benchmarks.quantization --out docs/benchmarks.md
-	$(PY) -m benchmarks.spec_decode --out docs/benchmarks.md
-	$(PY) -m benchmarks.tensor_parallel --out docs/benchmarks.md
-	$(PY) -m benchmarks.accuracy --out docs/benchmarks.md
-	$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && $(PY) -m benchmarks.gpu --out docs/benchmarks.md || echo 'no GPU: the gpu section is left as it was'
+	$(PY) -m tokenyard.benchmarks.quantization --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.spec_decode --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.tensor_parallel --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.accuracy --out docs/benchmarks.md
+	$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && $(PY) -m tokenyard.benchmarks.gpu --out docs/benchmarks.md || echo 'no GPU: the gpu section is left as it was'
 
 serve: install
 	@echo 'Starting the local stack: tokenyard serve (packaged SmolLM2-135M-Instruct) on :8000, the gateway on :8080.'

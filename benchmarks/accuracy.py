@@ -1,8 +1,8 @@
 """Accuracy of quantized SmolLM2-135M: perplexity on held-out English text (CPython's documentation topics,
-see runtime/bench/perplexity.py) under every weight format and the int8 KV cache, as ratios to float32,
+see benchmarks/perplexity.py) under every weight format and the int8 KV cache, as ratios to float32,
 all measured in the same run and written to docs/benchmarks.md.
 
-    python -m benchmarks.accuracy --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.accuracy --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenyard.runtime.bench.perplexity import Perplexity, load_runner, perplexity, pydoc_corpus
-from tokenyard.runtime.loaders.export import export_gguf_to_hf
-from tokenyard.runtime.loaders.resolve import _packaged_gguf
-from tokenyard.runtime.quantization.offline.checkpoint import dequantize_checkpoint
-from tokenyard.runtime.quantization.offline.pipeline import QuantizeSettings
-from tokenyard.runtime.quantization.offline.quantize import quantize
 
-from benchmarks.report import write_section
+from tokenyard.benchmarks.perplexity import Perplexity, load_runner, perplexity, pydoc_corpus
+from tokenyard.benchmarks.report import write_section
+from tokenyard.runtime.loaders import packaged_model_path
+from tokenyard.runtime.loaders.export import export_gguf_to_hf
+from tokenyard.runtime.quantize.checkpoint import dequantize_checkpoint
+from tokenyard.runtime.quantize.pipeline import QuantizeSettings
+from tokenyard.runtime.quantize.quantize import quantize
 
 WINDOW = 512
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
 
 
 def measure(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict]:
-    dense = export_gguf_to_hf(_packaged_gguf(), work / "float32", torch.float32)
+    dense = export_gguf_to_hf(packaged_model_path(), work / "float32", torch.float32)
     calibration_text, evaluation_text = pydoc_corpus()
     calibration = work / "calibration.txt"
     calibration.write_text(calibration_text)
@@ -128,7 +128,7 @@ def ratio(row: Row, rows: list[Row]) -> float:
 
 def render(rows: list[Row], setup: dict, args: argparse.Namespace, seconds: float) -> str:
     lines = [
-        "## Accuracy: quantized SmolLM2-135M-Instruct, perplexity (`python -m benchmarks.accuracy`)",
+        "## Accuracy: quantized SmolLM2-135M-Instruct, perplexity (`python -m tokenyard.benchmarks.accuracy`)",
         "",
         "Held-out text: CPython's documentation topics (`pydoc_data.topics`, shipped with Python "
         f"{platform.python_version()}), odd topics in sorted order, {setup['eval_tokens']} tokens scored, "

@@ -1,7 +1,7 @@
 """Engine benchmark on the packaged SmolLM2-135M: tokenyard's engine against Hugging Face transformers
 (`generate`) measured in the same process, reported as ratios in docs/benchmarks.md.
 
-    python -m benchmarks.engine --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.engine --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.bench.workloads import classifier_conversations
-from tokenyard.runtime.loaders.export import export_gguf_to_hf
-from tokenyard.runtime.loaders.resolve import _packaged_gguf
 
-from benchmarks.report import write_section
+from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.workloads import classifier_conversations
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.loaders import packaged_model_path
+from tokenyard.runtime.loaders.export import export_gguf_to_hf
 
 OUTPUT_TOKENS = 50
 
@@ -190,7 +190,7 @@ def best_of(runs: int, measure: Callable[[], float]) -> float:
 def run(args: argparse.Namespace) -> list[Row]:
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
-    dense = export_gguf_to_hf(_packaged_gguf(), Path(tempfile.mkdtemp()) / "smollm2", torch.float32)
+    dense = export_gguf_to_hf(packaged_model_path(), Path(tempfile.mkdtemp()) / "smollm2", torch.float32)
     for dtype in (torch.bfloat16, torch.float32):
         name = str(dtype).removeprefix("torch.")
         llm = LLM(dtype=name, max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=1 << 30)
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [
-        "## Engine: SmolLM2-135M-Instruct, CPU (`python -m benchmarks.engine`)",
+        "## Engine: SmolLM2-135M-Instruct, CPU (`python -m tokenyard.benchmarks.engine`)",
         "",
         "Both sides run the same weights: the packaged Q4_1 GGUF dequantized; transformers reads them from a",
         "dense Hugging Face export (`tokenyard.runtime.loaders.export`), as a transformers user would.",

@@ -1,7 +1,7 @@
 """Gateway benchmark: proxy overhead against calling the runtime directly, and exact-cache hit throughput
 with a real Redis, in one run.
 
-    python -m benchmarks.gateway --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.gateway --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.report import write_section
+from tokenyard.benchmarks.report import write_section
 
 
 def free_port() -> int:
@@ -154,7 +154,7 @@ def main() -> None:
     overhead = statistics.median(proxied) - statistics.median(direct)
     direct_p50, proxied_p50 = statistics.median(direct), statistics.median(proxied)
     lines = [
-        "## Gateway before the runtime, real Redis, CPU (`python -m benchmarks.gateway`)",
+        "## Gateway before the runtime, real Redis, CPU (`python -m tokenyard.benchmarks.gateway`)",
         "",
         f"Proxy overhead: {args.requests} uncached one-token completions, alternating direct and through the "
         "gateway. Cache hits: `wrk` sending one cached request over 32 connections for 5 s, on the same 2 cores.",

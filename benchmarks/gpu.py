@@ -2,8 +2,8 @@
 GPU) measured in the same process, and the quantized formats against bfloat16, reported as ratios in
 docs/benchmarks.md (section gpu).
 
-    python -m benchmarks.gpu --out docs/benchmarks.md                   # the packaged SmolLM2-135M
-    python -m benchmarks.gpu --random-weights TOKENIZER_DIR --out ...   # SmolLM2-135M's shapes, random weights
+    python -m tokenyard.benchmarks.gpu --out docs/benchmarks.md                 # the packaged SmolLM2-135M
+    python -m tokenyard.benchmarks.gpu --random-weights TOKENIZER_DIR --out ... # its shapes, random weights
 
 Random weights with the model's shapes take the same time per token as the real ones (EOS is ignored, so
 every request writes as many tokens either way); they serve machines that have no copy of the model.
@@ -20,11 +20,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.loaders.export import export_gguf_to_hf
-from tokenyard.runtime.loaders.resolve import _packaged_gguf
 
-from benchmarks.engine import (
+from tokenyard.benchmarks.engine import (
     OUTPUT_TOKENS,
     Row,
     best_of,
@@ -35,8 +32,11 @@ from benchmarks.engine import (
     prefix_cache_row,
     table,
 )
-from benchmarks.random_models import random_smollm2
-from benchmarks.report import write_section
+from tokenyard.benchmarks.random_models import random_smollm2
+from tokenyard.benchmarks.report import write_section
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.loaders import packaged_model_path
+from tokenyard.runtime.loaders.export import export_gguf_to_hf
 
 
 @dataclass
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], StepProfile]:
 
         model = random_smollm2(work / "smollm2-shaped", AutoTokenizer.from_pretrained(str(args.random_weights)))
     else:
-        model = export_gguf_to_hf(_packaged_gguf(), work / "smollm2", torch.float32)
+        model = export_gguf_to_hf(packaged_model_path(), work / "smollm2", torch.float32)
     # 4 GiB of KV holds 64 sequences of 2048 tokens (SmolLM2's KV is 23 KiB a token): the rest of the GPU is not needed
     engine = partial(LLM, str(model), device="cuda", max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=4 << 30)
     rows: list[Row] = []
@@ -103,7 +103,7 @@ def render(rows: list[Row], step: StepProfile, args: argparse.Namespace) -> str:
     )
     return "\n".join(
         [
-            "## Engine on a GPU (`python -m benchmarks.gpu`)",
+            "## Engine on a GPU (`python -m tokenyard.benchmarks.gpu`)",
             "",
             f"GPU: {device}, torch {torch.__version__}. Weights: {weights}; transformers runs the same checkpoint "
             "on the same GPU, eagerly (its default `generate`). Classifier workload: a "

@@ -3,7 +3,7 @@
 tied embedding/LM head), all measured in one run, reported as ratios to bf16; llama.cpp
 (llama-cpp-python, 2 threads) on the same file when it is installed.
 
-    python -m benchmarks.quantization --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.quantization --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.loaders.resolve import _packaged_gguf
 
-from benchmarks.engine import DECODE_PROMPT, decode_rate_engine
-from benchmarks.report import write_section
+from tokenyard.benchmarks.engine import DECODE_PROMPT, decode_rate_engine
+from tokenyard.benchmarks.report import write_section
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.loaders import packaged_model_path
 
 # name -> engine settings (the file is the packaged GGUF in every case)
 FORMATS = {
@@ -56,7 +56,7 @@ def throughput(llm: LLM, tokens: int) -> float:
 
 def load(settings: dict) -> LLM:
     return LLM(
-        str(_packaged_gguf()),
+        str(packaged_model_path()),
         max_model_len=1024,
         max_num_seqs=CONCURRENCY,
         kv_cache_memory_bytes=256 << 20,
@@ -70,7 +70,7 @@ def llama_cpp_decoder(args: argparse.Namespace) -> Callable[[], float] | None:
         return None
     from llama_cpp import Llama
 
-    model = Llama(str(_packaged_gguf()), n_threads=args.threads, n_ctx=1024, verbose=False)
+    model = Llama(str(packaged_model_path()), n_threads=args.threads, n_ctx=1024, verbose=False)
     prompt = model.tokenize(DECODE_PROMPT.encode())
 
     def decode_rate() -> float:
@@ -103,18 +103,18 @@ def run(args: argparse.Namespace) -> list[Row]:
         for name, llm in engines.items():
             rate[name] = max(rate[name], throughput(llm, args.throughput_tokens))
     rows = [
-        Row(name, llm.engine.runner.loaded.weights_bytes / 2**20, decode[name], rate[name])
+        Row(name, llm.engine.executor.runner.loaded.weights_bytes / 2**20, decode[name], rate[name])
         for name, llm in engines.items()
     ]
     if reference is not None:
-        rows.append(Row(LLAMA_CPP, _packaged_gguf().stat().st_size / 2**20, decode[LLAMA_CPP], None))
+        rows.append(Row(LLAMA_CPP, packaged_model_path().stat().st_size / 2**20, decode[LLAMA_CPP], None))
     return rows
 
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
     base = rows[0]
     lines = [
-        "## Quantization: SmolLM2-135M-Instruct, CPU (`python -m benchmarks.quantization`)",
+        "## Quantization: SmolLM2-135M-Instruct, CPU (`python -m tokenyard.benchmarks.quantization`)",
         "",
         f"Machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}. Every row loads the "
         "packaged Q4_1 GGUF: bf16 dequantizes it, int8/int4 quantize the dequantized weights at load (LM head "

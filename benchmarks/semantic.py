@@ -2,7 +2,7 @@
 next to the exact scan it replaces, measured through the gateway's own index code; embedding time on its own;
 and the threshold sweep on the labelled pair sets (docs/semantic-cache.md).
 
-    python -m benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
+    python -m tokenyard.benchmarks.semantic --out docs/benchmarks.md --sweep docs/semantic-cache.md
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+
+from tokenyard.benchmarks.report import write_section
 from tokenyard.gateway.calibrate import load_pairs, similarities, sweep_table
 from tokenyard.gateway.config import CachePolicy
 from tokenyard.gateway.embeddings import LocalEmbedder
 from tokenyard.gateway.vector_index import PgVectorIndex
-
-from benchmarks.report import write_section
 
 PAIRS = sorted((Path(__file__).parent.parent / "tests" / "gateway" / "data").glob("semantic_pairs*.jsonl"))
 TABLE = "tokenyard_semantic_cache_384"
@@ -112,10 +112,10 @@ def report(r: dict) -> str:
         [
             "## Semantic cache (PostgreSQL 18 + pgvector 0.8, HNSW cosine)",
             "",
-            f"`python -m benchmarks.semantic`: {r['entries']:,} cached entries of 384 dimensions (clustered around "
-            "real all-MiniLM-L6-v2 embeddings of the labelled prompts), one lookup at a time through the gateway's "
-            "`PgVectorIndex.search` (5 nearest in the request's tenant and scope, TTL filter included). Target: "
-            "p99 <= 10 ms with 100,000 entries, embedding excluded.",
+            f"`python -m tokenyard.benchmarks.semantic`: {r['entries']:,} cached entries of 384 dimensions "
+            "(clustered around real all-MiniLM-L6-v2 embeddings of the labelled prompts), one lookup at a time "
+            "through the gateway's `PgVectorIndex.search` (5 nearest in the request's tenant and scope, TTL filter "
+            "included). Target: p99 <= 10 ms with 100,000 entries, embedding excluded.",
             "",
             "| lookup | p50 ms | p99 ms | lookups |",
             "|---|---:|---:|---:|",
@@ -138,8 +138,8 @@ def sweep() -> str:
     parts = [
         "# Semantic cache: choosing the threshold",
         "",
-        "Written by `make bench` (`python -m benchmarks.semantic`); recompute for your own labelled pairs with "
-        "`python -m tokenyard.gateway.calibrate pairs.jsonl`.",
+        "Written by `make bench` (`python -m tokenyard.benchmarks.semantic`); recompute for your own labelled pairs "
+        "with `python -m tokenyard.gateway.calibrate pairs.jsonl`.",
         "",
         "A hit needs the cosine similarity of the last user turns (all-MiniLM-L6-v2) at or above the threshold "
         "(the higher `reworded` one when the prompts' content words differ) *and* no "

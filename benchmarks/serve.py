@@ -1,7 +1,7 @@
 """Server benchmark: `tokenyard bench serve` against a `tokenyard serve` process on the classifier workload
 at max concurrency 16, beside the offline engine on the same requests, in one run.
 
-    python -m benchmarks.serve --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.serve --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 import torch
-from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.bench import serve as bench
-from tokenyard.runtime.bench.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
 
-from benchmarks.report import write_section
+from tokenyard.benchmarks import serve_client as bench
+from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
+from tokenyard.runtime import LLM, SamplingParams
 
 ENGINE_FLAGS = ["--max-model-len", "2048", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(512 << 20)]
 

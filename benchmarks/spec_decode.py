@@ -1,7 +1,7 @@
 """Speculative decoding benchmark on the packaged SmolLM2-135M: n-gram prompt lookup against plain
 decoding, both measured in the same run, reported as ratios in docs/benchmarks.md.
 
-    python -m benchmarks.spec_decode --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.spec_decode --out docs/benchmarks.md
 
 1. A small sweep of num_speculative_tokens (k) and lookup sizes on batch-1 latency, looking up in the
    prompt only; the best setting is used for the rest.
@@ -9,8 +9,8 @@ decoding, both measured in the same run, reported as ratios in docs/benchmarks.m
    classifier workload), with and without n-gram speculation, and the acceptance rate. The classifier
    workload is measured twice: looking up in the prompt only (vLLM's ngram), and in the outputs of recent
    requests too (the default), after 32 other classifier requests.
-3. Output throughput with and without speculation at rising concurrency: where speculation stops paying,
-   drafting num_speculative_tokens always (the default, vLLM's way) and with the adaptive draft budget.
+3. Output throughput with and without speculation at rising concurrency: where speculation stops paying
+   (num_speculative_tokens drafted at every step, vLLM's way; ``disable_by_batch_size`` turns it off above a load).
 
 Lookups in recent outputs would find a repeated request's own earlier answer, so every classifier request
 measured is one this run has not sent before, and the repeated extraction and summarisation prompts are
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenyard.runtime import LLM, SamplingParams
-from tokenyard.runtime.bench.workloads import classifier_conversations
-from tokenyard.runtime.spec_decode.config import DEFAULT_RECENT_OUTPUTS
 
-from benchmarks.report import write_section
+from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.workloads import classifier_conversations
+from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.spec_decode.config import DEFAULT_RECENT_OUTPUTS
 
 # Written for this benchmark: a made-up report, so the prompts are grounded in text the model must quote.
 PASSAGE = (
@@ -206,14 +206,10 @@ def run(args: argparse.Namespace) -> dict:
     ]
     for lookup, spec in (("prompt", prompt_only), ("prompt + recent outputs", with_recent)):
         latencies.append(latency_row("classifier workload", lookup, plain, spec, classifier_batches(), CLASSIFIER))
-    adaptive = engine({**best_recent, "adaptive": True}, args)
-    adaptive.chat(warm_up, CLASSIFIER)
     rates = []
     for concurrency in CONCURRENCY:
         conversations = fresh.take(max(concurrency * args.waves, MIN_THROUGHPUT_REQUESTS))
-        rates.append(
-            (concurrency, *(throughput(llm, conversations, concurrency) for llm in (plain, adaptive, with_recent)))
-        )
+        rates.append((concurrency, *(throughput(llm, conversations, concurrency) for llm in (plain, with_recent))))
     return {
         "sweep": swept,
         "best": best,
@@ -226,7 +222,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def render(result: dict, args: argparse.Namespace) -> str:
     lines = [
-        "## Speculative decoding: n-gram lookup, SmolLM2-135M-Instruct, CPU (`python -m benchmarks.spec_decode`)",
+        "## Speculative decoding: n-gram lookup, SmolLM2-135M-Instruct, CPU "
+        "(`python -m tokenyard.benchmarks.spec_decode`)",
         "",
         f"Machine: {platform.machine()}, {args.threads} torch threads, torch {torch.__version__}, dtype {args.dtype}. "
         "Baseline: the same engine without speculation, measured in the same run (requests alternate between the two).",
@@ -255,19 +252,14 @@ def render(result: dict, args: argparse.Namespace) -> str:
         "",
         "Throughput, classifier workload (50 tokens at most, EOS ends a request), requests submitted `concurrency` "
         f"at a time, {args.waves} waves or {MIN_THROUGHPUT_REQUESTS} requests, whichever is more; "
-        'n-gram lookup in the prompt and recent outputs (the default). Adaptive (`"adaptive": true`): each '
-        "sequence drafts only the tokens that pay at the current load (`runtime/spec_decode/policy.py`); always "
-        "(the default, vLLM's behaviour): num_speculative_tokens at every step. The three engines take the same "
-        "requests in turn.",
+        "n-gram lookup in the prompt and recent outputs (the default), num_speculative_tokens drafted at every "
+        "step (vLLM's behaviour). The two engines take the same requests in turn.",
         "",
-        "| concurrency | plain (tok/s) | n-gram, adaptive (tok/s) | ratio | n-gram, always k (tok/s) | ratio |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| concurrency | plain (tok/s) | n-gram (tok/s) | ratio |",
+        "| ---: | ---: | ---: | ---: |",
     ]
-    for concurrency, plain, adaptive, always in result["throughput"]:
-        lines.append(
-            f"| {concurrency} | {plain:.1f} | {adaptive:.1f} | {adaptive / plain:.2f}x | {always:.1f} | "
-            f"{always / plain:.2f}x |"
-        )
+    for concurrency, plain, speculative in result["throughput"]:
+        lines.append(f"| {concurrency} | {plain:.1f} | {speculative:.1f} | {speculative / plain:.2f}x |")
     lines += [
         "",
         "Sweeps (batch-1 speedup, acceptance = accepted / drafted): the extraction and summarisation prompts "

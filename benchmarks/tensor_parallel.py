@@ -5,7 +5,7 @@ costs rank 0.
 SmolLM2 itself splits only in 3 or 9 (9 heads, 3 KV heads), so TP=2 runs on a random model of SmolLM2's
 shape with 8 heads and 2 KV heads (head_dim 72): the same matmul sizes.
 
-    python -m benchmarks.tensor_parallel --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.tensor_parallel --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from tokenyard.benchmarks.random_models import random_smollm2
+from tokenyard.benchmarks.report import write_section
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.distributed import transport
-from tokenyard.runtime.loaders.resolve import _packaged_gguf
-
-from benchmarks.random_models import random_smollm2
-from benchmarks.report import write_section
+from tokenyard.runtime.loaders import packaged_model_path
 
 DECODE_TOKENS = 32
 PREFILL_TOKENS = 512
@@ -65,7 +65,7 @@ def compare(model: str, tp: int, cores: int) -> tuple[list[dict[str, float]], fl
         )
         for size in (1, tp)
     ]
-    workers = engines[1].llm.engine.runner.workers
+    workers = engines[1].llm.engine.executor.workers
     shipping: list[float] = []
     send = workers.run_model
 
@@ -97,8 +97,8 @@ def unpickle_ms(model: str) -> float:
     """What a worker spends turning a batch-16 decode step's bytes back into inputs."""
     llm = LLM(model, num_threads=1, kv_cache_memory_bytes=64 << 20)
     captured = []
-    run = llm.engine.runner.run_model
-    llm.engine.runner.run_model = lambda inputs: captured.append(inputs) or run(inputs)
+    run = llm.engine.executor.runner.run_model
+    llm.engine.executor.runner.run_model = lambda inputs: captured.append(inputs) or run(inputs)
     llm.generate([list(range(1000 + row, 1016 + row)) for row in range(16)], SamplingParams(max_tokens=3))
     data = transport.dumps(("run_model", (captured[-1],), False))
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the section into this markdown file")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    gguf = _packaged_gguf()
+    gguf = packaged_model_path()
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         from transformers import AutoTokenizer

@@ -31,6 +31,7 @@ COPY runtime/ runtime/
 COPY gateway/ gateway/
 COPY operator/ operator/
 COPY evals/ evals/
+COPY benchmarks/ benchmarks/
 # The project's own ranges (pyproject.toml) decide its dependencies; there is no lock file to pin them to.
 # hadolint ignore=DL3013
 RUN if [ "${WITH_LOCAL_EMBEDDINGS}" = true ]; then pip install ".[gateway,embeddings]"; else pip install ".[gateway]"; fi \

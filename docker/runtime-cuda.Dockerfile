@@ -36,6 +36,7 @@ COPY runtime/ runtime/
 COPY gateway/ gateway/
 COPY operator/ operator/
 COPY evals/ evals/
+COPY benchmarks/ benchmarks/
 # The project's own ranges (pyproject.toml) decide its dependencies; there is no lock file to pin them to.
 # hadolint ignore=DL3013
 RUN pip install ".[runtime]" && pip check

@@ -31,6 +31,7 @@ COPY runtime/ runtime/
 COPY gateway/ gateway/
 COPY operator/ operator/
 COPY evals/ evals/
+COPY benchmarks/ benchmarks/
 # A regular (not editable) install: the final stage takes /opt/venv only. transformers brings huggingface_hub
 # and its `hf` CLI, which the operator's download init container runs.
 # The project's own ranges (pyproject.toml) decide its dependencies; there is no lock file to pin them to.

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from tqdm.auto import tqdm
+
+from tokenyard.wire.openai import ChatCompletionRequest, ErrorResponse
 
 from .testset import Item
 
@@ -74,10 +78,19 @@ def messages(item: Item) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": user}]
 
 
+def chat_request(model: str, item: Item, max_tokens: int) -> dict[str, Any]:
+    """The request body, built through the wire's ChatCompletionRequest (what the runtime and the gateway accept),
+    so a request they would refuse (say max_tokens 0) fails here, once, not as an HTTP 400 for every item."""
+    request = ChatCompletionRequest.model_validate(
+        {"model": model, "messages": messages(item), "temperature": 0, "seed": SEED, "max_tokens": max_tokens}
+    )
+    return request.model_dump(mode="json", exclude_unset=True)
+
+
 async def ask(
     client: httpx.AsyncClient, model: str, item: Item, max_tokens: int, policy: RetryPolicy = DEFAULT_RETRY
 ) -> Answer:
-    body = {"model": model, "messages": messages(item), "temperature": 0, "seed": SEED, "max_tokens": max_tokens}
+    body = chat_request(model, item, max_tokens)
     waited = 0.0
     for attempt in range(policy.retries + 1):
         try:
@@ -94,7 +107,7 @@ async def ask(
     raise AssertionError("unreachable: the last attempt returns")
 
 
-async def _attempt(client: httpx.AsyncClient, body: dict) -> Answer:
+async def _attempt(client: httpx.AsyncClient, body: dict[str, Any]) -> Answer:
     """One request: an Answer (an answer, or an error that would come back again), or raises _Retryable."""
     start = time.perf_counter()
     try:
@@ -105,9 +118,9 @@ async def _attempt(client: httpx.AsyncClient, body: dict) -> Answer:
         return Answer(None, None, _describe(error))
     latency_ms = (time.perf_counter() - start) * 1000
     if response.status_code in RETRY_STATUSES:
-        raise _Retryable(f"HTTP {response.status_code}: {response.text[:300]}", latency_ms, _retry_after(response))
+        raise _Retryable(describe_http_error(response), latency_ms, _retry_after(response))
     if response.status_code != 200:  # 400, 401, 404, ...: the same request fails the same way again
-        return Answer(None, latency_ms, f"HTTP {response.status_code}: {response.text[:300]}")
+        return Answer(None, latency_ms, describe_http_error(response))
     try:
         text = response.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
@@ -118,6 +131,16 @@ async def _attempt(client: httpx.AsyncClient, body: dict) -> Answer:
 def _gave_up(error: str, attempts: int, policy: RetryPolicy) -> str:
     spent = "" if attempts > policy.retries else f", back-off budget {policy.budget:g}s spent"
     return f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''}{spent})"
+
+
+def describe_http_error(response: httpx.Response) -> str:
+    """``HTTP <status>: <type>: <message>`` from an OpenAI error envelope (the wire's ErrorResponse, which the
+    runtime and the gateway answer with), else ``HTTP <status>: <the body's start>``."""
+    try:
+        detail = ErrorResponse.model_validate_json(response.content).error
+    except ValidationError:
+        return f"HTTP {response.status_code}: {response.text[:300]}"
+    return f"HTTP {response.status_code}: {detail.type}: {detail.message[:300]}"
 
 
 def _describe(error: httpx.HTTPError) -> str:

@@ -8,11 +8,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
+
 from tokenyard.gateway.caching import CachePlan, Hit, ResponseCache, SemanticCache
 from tokenyard.gateway.config import GatewayConfig, deployment_policy
 from tokenyard.gateway.discovery import KubernetesAPI, watch_deployments
@@ -28,13 +30,12 @@ from tokenyard.gateway.router import Router
 from tokenyard.gateway.stores import ExactCache, MemoryExactCache, RedisStore, StoreGuard, TenantLimits
 from tokenyard.gateway.upstream import UpstreamClient
 from tokenyard.gateway.vector_index import MemoryVectorIndex, PgVectorIndex
-
 from tokenyard.wire.asgi import error_response, install_error_handlers
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {CHAT: "chat", COMPLETIONS: "completions"}
 EXPIRY_INTERVAL_SECONDS = 60.0
-_EMPTY: dict[int | str, dict] = {200: {"description": "yes (no body)", "content": {}}}
+_EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "yes (no body)", "content": {}}}
 
 
 class Gateway:
@@ -54,8 +55,8 @@ class Gateway:
         self.cache = ResponseCache(exact, self._semantic_cache(), self.metrics)
         self.limits = TenantLimits(self.redis) if self.redis else None
         self.draining = False
-        self._tasks: list[asyncio.Task] = []
-        self._refreshes: set[asyncio.Task] = set()  # replica checks started by discovery, held until done
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refreshes: set[asyncio.Task[None]] = set()  # replica checks started by discovery, held until done
         for _, replica in self.fleet.replicas():
             self.metrics.upstream_healthy.labels(replica.url).set(1)
 
@@ -146,7 +147,7 @@ class Gateway:
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         return Response(hit.body, media_type="application/json", headers=headers)
 
-    async def _after(self, tenant: str, plan: CachePlan, result: dict) -> None:
+    async def _after(self, tenant: str, plan: CachePlan, result: dict[str, Any]) -> None:
         if self.limits:
             await self.limits.add_tokens(tenant, int((result.get("usage") or {}).get("total_tokens", 0)))
         if not plan.bypass:
@@ -175,6 +176,8 @@ class Gateway:
 
     async def expire_semantic_entries(self, interval: float) -> None:
         semantic = self.cache.semantic
+        if semantic is None:  # started only with a semantic cache (start())
+            return
         while True:
             await asyncio.sleep(interval)
             await semantic.index_guard.call(semantic.index.delete_expired, 0)

@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
 from tokenyard.gateway.canonical import cache_key, canonical_request, is_deterministic
 from tokenyard.gateway.config import CachePolicy
 from tokenyard.gateway.embeddings import Embedder
 from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.semantic import SemanticQuery, bypassed, semantic_query, serves
 from tokenyard.gateway.stores import ExactCache, MemoryExactCache, StoreGuard
-from tokenyard.gateway.vector_index import VectorIndex
+from tokenyard.gateway.vector_index import Candidate, VectorIndex
 
 CANDIDATES = 5  # nearest entries checked for a hit: the closest may differ in meaning, the next may not
 
@@ -50,7 +52,7 @@ class SemanticCache:
         return None if vectors is None else vectors[0]
 
     async def lookup(self, tenant: str, query: SemanticQuery, embedding: np.ndarray, policy: CachePolicy) -> Hit | None:
-        candidates = await self.index_guard.call(
+        candidates: list[Candidate] = await self.index_guard.call(
             lambda: self.index.search(tenant, query.scope, embedding, CANDIDATES), []
         )
         for candidate in candidates:
@@ -69,7 +71,7 @@ class ResponseCache:
         self.exact, self.semantic, self.metrics = exact, semantic, metrics
 
     def plan(
-        self, cache_control: str, body: dict, endpoint: str, tenant: str, model: str, policy: CachePolicy
+        self, cache_control: str, body: dict[str, Any], endpoint: str, tenant: str, model: str, policy: CachePolicy
     ) -> CachePlan:
         control = cache_control.lower()
         plan = CachePlan(policy, lookup="no-cache" not in control)
@@ -88,13 +90,13 @@ class ResponseCache:
         return plan
 
     async def lookup(self, plan: CachePlan, tenant: str) -> Hit | None:
-        if plan.exact_key is not None and plan.lookup:
+        if plan.exact_key is not None and plan.lookup and self.exact is not None:
             started = time.perf_counter()
             body = await self.exact.get(plan.exact_key)
             self.metrics.cache_lookup.labels("exact").observe(time.perf_counter() - started)
             if body is not None:
                 return Hit(body, "hit-exact")
-        if plan.semantic is not None:
+        if plan.semantic is not None and self.semantic is not None:
             started = time.perf_counter()
             plan.embedding = await self.semantic.embed(plan.semantic.text)
             self.metrics.embedding.observe(time.perf_counter() - started)
@@ -105,14 +107,14 @@ class ResponseCache:
                 return hit
         return None
 
-    async def store(self, plan: CachePlan, tenant: str, response: dict) -> None:
+    async def store(self, plan: CachePlan, tenant: str, response: dict[str, Any]) -> None:
         body = json.dumps(response, ensure_ascii=False).encode()
-        if plan.exact_key is not None:
+        if plan.exact_key is not None and self.exact is not None:
             await self.exact.put(plan.exact_key, body, plan.policy.exact_ttl_seconds)
-        if plan.semantic is not None and plan.embedding is not None:
+        if plan.semantic is not None and plan.embedding is not None and self.semantic is not None:
             await self.semantic.add(tenant, plan.semantic, plan.embedding, body, plan.policy.semantic_ttl_seconds)
 
     async def write_back(self, plan: CachePlan, body: bytes) -> None:
         """A semantic hit's answer under the request's own exact key: the same request again is an exact hit."""
-        if plan.exact_key is not None:
+        if plan.exact_key is not None and self.exact is not None:
             await self.exact.put(plan.exact_key, body, plan.policy.exact_ttl_seconds)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from tokenyard.gateway.config import CachePolicy
 from tokenyard.gateway.semantic import serves
 
@@ -58,9 +60,10 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def similarities(pairs: list[Pair], embed) -> np.ndarray:
+def similarities(pairs: list[Pair], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """Cosine similarity of each pair; ``embed`` maps a list of texts to unit-length rows."""
-    return (embed([p.cached for p in pairs]) * embed([p.incoming for p in pairs])).sum(axis=1)
+    similarity: np.ndarray = (embed([p.cached for p in pairs]) * embed([p.incoming for p in pairs])).sum(axis=1)
+    return similarity
 
 
 def judge(pairs: list[Pair], similarity: np.ndarray, policy: CachePolicy) -> Judgement:

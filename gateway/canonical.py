@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 # OpenAI's documented defaults for fields that change the output.
 DEFAULTS = {
@@ -31,7 +32,7 @@ DEFAULTS = {
 TRANSPORT = {"stream", "stream_options", "user", "model"}
 
 
-def canonical_request(body: dict, endpoint: str) -> dict:
+def canonical_request(body: dict[str, Any], endpoint: str) -> dict[str, Any]:
     canonical = {key: value for key, value in body.items() if key not in TRANSPORT}
     for key, default in DEFAULTS.items():
         canonical.setdefault(key, default)
@@ -46,12 +47,12 @@ def canonical_request(body: dict, endpoint: str) -> dict:
     return canonical
 
 
-def is_deterministic(body: dict) -> bool:
+def is_deterministic(body: dict[str, Any]) -> bool:
     """Greedy, or sampled with a fixed seed: the same request gives the same answer."""
     return body.get("temperature", 1.0) == 0 or body.get("seed") is not None
 
 
-def cache_key(tenant: str, model: str, canonical: dict) -> str:
+def cache_key(tenant: str, model: str, canonical: dict[str, Any]) -> str:
     payload = json.dumps(
         {"tenant": tenant, "model": model, "request": canonical},
         sort_keys=True,

@@ -68,7 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokenyard.gateway.app import build_app
-
     from tokenyard.wire.asgi import run_server
 
     config = _config(args)
@@ -88,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
     from pydantic import ValidationError
+
     from tokenyard.gateway.config import load_config
 
     try:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
 from tokenyard.gateway.router import DEFAULT_MAX_OUTSTANDING, DEFAULT_MAX_QUEUED, DEFAULT_MAX_WAIT_SECONDS
 
 # Prompts about the asker or about the moment have answers that do not carry over to someone else's near-identical

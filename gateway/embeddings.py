@@ -23,7 +23,7 @@ class LocalEmbedder:
     on one CPU core. It runs on one worker thread so the event loop keeps serving while it computes."""
 
     name = "all-MiniLM-L6-v2"
-    errors = (RuntimeError, ValueError)  # torch's and the tokenizer's
+    errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError)  # torch's and the tokenizer's
     max_tokens = 256  # what the model was trained on; longer turns are truncated
 
     def __init__(self) -> None:
@@ -47,7 +47,8 @@ class LocalEmbedder:
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
+            vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
+            return vectors
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._worker, self.embed_now, texts)
@@ -56,7 +57,7 @@ class LocalEmbedder:
 class RemoteEmbedder:
     """An OpenAI-compatible embeddings endpoint (vLLM, TEI, OpenAI, ...)."""
 
-    errors = (aiohttp.ClientError, ValueError, KeyError)
+    errors: tuple[type[BaseException], ...] = (aiohttp.ClientError, ValueError, KeyError)
 
     def __init__(self, url: str, model: str, api_key: str | None = None) -> None:
         self.url = url.rstrip("/") + "/v1/embeddings"
@@ -73,7 +74,8 @@ class RemoteEmbedder:
             response.raise_for_status()
             data = sorted((await response.json())["data"], key=lambda item: item["index"])
         vectors = np.asarray([item["embedding"] for item in data], dtype=np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        normalized: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return normalized
 
     async def close(self) -> None:
         if self._http is not None:

@@ -22,10 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from fastapi.responses import Response
 from starlette.types import Receive
+
 from tokenyard.gateway.config import GatewayConfig
 from tokenyard.gateway.fleet import Fleet
 from tokenyard.gateway.inputs import ParsedRequest
@@ -33,7 +35,6 @@ from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.relay import Relay, RelayResponse
 from tokenyard.gateway.router import Overloaded, Replica, Router, affinity_key
 from tokenyard.gateway.upstream import UpstreamClient
-
 from tokenyard.wire.asgi import error_response
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Job:
     model: str
     outcome: str  # the cache's verdict, for the header and the metrics: miss | bypass
     accept: str
-    on_complete: Callable[[dict], Awaitable[None]]  # a completed answer: to the cache and the token count
+    on_complete: Callable[[dict[str, Any]], Awaitable[None]]  # a completed answer: to the cache and the token count
 
     @property
     def headers(self) -> dict[str, str]:
@@ -69,7 +70,7 @@ class Job:
 class Attempt:
     response: Response | None = None  # None: the replica could not be reached
     retry: bool = False  # another replica may do better
-    result: dict | None = None  # a completed non-streamed answer
+    result: dict[str, Any] | None = None  # a completed non-streamed answer
 
 
 class Forwarder:
@@ -78,6 +79,7 @@ class Forwarder:
 
     async def forward(self, job: Job) -> Response:
         router = self.fleet.router_for(job.model)
+        response: Response
         if router is None:
             available = ", ".join(self.fleet.models()) or "none yet"
             response = error_response(
@@ -210,6 +212,14 @@ def _shed(model: str, reason: str) -> Response:
     return error_response(429, message, headers=_retry_after(None))
 
 
+def _cancelling() -> bool:
+    """Whether someone is cancelling the task this runs in (not the client leaving: that cancels ``work``)."""
+    current = asyncio.current_task()
+    if current is None:
+        raise RuntimeError("unless_client_leaves must run inside an asyncio task")
+    return current.cancelling() > 0
+
+
 async def unless_client_leaves(receive: Receive, work: Awaitable[Response]) -> Response:
     """``work``'s response, unless the client disconnects first: then the work is cancelled, which closes the
     upstream request (the runtime aborts it) and frees its place in the queue or its replica's room. A client
@@ -220,12 +230,12 @@ async def unless_client_leaves(receive: Receive, work: Awaitable[Response]) -> R
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done() and (watcher.done() or asyncio.current_task().cancelling()):
+        if not task.done() and (watcher.done() or _cancelling()):
             task.cancel()
     try:
         response = await task
     except asyncio.CancelledError:
-        if asyncio.current_task().cancelling():
+        if _cancelling():
             raise
         return Response(status_code=499)  # nobody reads it
     if watcher.done() and not watcher.cancelled() and isinstance(response, RelayResponse):

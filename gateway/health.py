@@ -11,6 +11,7 @@ import logging
 from enum import Enum
 
 import aiohttp
+
 from tokenyard.gateway.fleet import STATIC, Fleet
 from tokenyard.gateway.metrics import GatewayMetrics
 from tokenyard.gateway.router import Replica

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,7 +30,7 @@ class InvalidRequest(Exception):
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    body: dict  # as the client sent it
+    body: dict[str, Any]  # as the client sent it
     raw: bytes
     fields: SamplingFields  # the validated view, for the fields the gateway itself acts on
 
@@ -52,7 +53,7 @@ def parse_request(raw: bytes, endpoint: str) -> ParsedRequest:
     return ParsedRequest(body, raw, fields)
 
 
-def _json_object(raw: bytes) -> dict:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except RecursionError:

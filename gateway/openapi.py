@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from tokenyard.gateway.inputs import CHAT, COMPLETIONS
 
+from tokenyard.gateway.inputs import CHAT, COMPLETIONS
 from tokenyard.wire.openai import ERROR_RESPONSES, ChatCompletionRequest, CompletionRequest, ErrorResponse
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -46,7 +46,7 @@ def install_openapi(app: FastAPI) -> None:
             app.openapi_schema = _without_validation_errors(schema)
         return app.openapi_schema
 
-    app.openapi = document  # FastAPI's documented way to replace the document
+    app.openapi = document  # type: ignore[method-assign]  # FastAPI's documented way to replace the document
 
 
 def _without_validation_errors(schema: dict[str, Any]) -> dict[str, Any]:

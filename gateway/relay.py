@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import aiohttp
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
-from tokenyard.gateway.replay import aggregate_stream
 
+from tokenyard.gateway.replay import aggregate_stream
 from tokenyard.wire.openai import SSE_DONE, sse_error
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class Relay:
         resources: AsyncExitStack,
         endpoint: str,
         include_usage: bool,
-        on_complete: Callable[[dict], Awaitable[None]],
+        on_complete: Callable[[dict[str, Any]], Awaitable[None]],
         gap_seconds: float,
     ) -> None:
         self.upstream, self.resources = upstream, resources  # resources: the upstream response and the lease
@@ -38,7 +39,7 @@ class Relay:
         self.lines: list[str] = []
         self.done = False  # [DONE] arrived
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         try:
             async for line in self._lines():
                 yield line
@@ -94,12 +95,13 @@ class RelayResponse(StreamingResponse):
     the client gone, or cancelled before it started, when the generator's own `finally` would never run."""
 
     def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
-        super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
-        self.relay = relay
+        events = relay.events()
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.relay, self.events = relay, events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            await self.events.aclose()
             await self.relay.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 
-def aggregate_stream(lines: list[str], endpoint: str) -> dict | None:
+def aggregate_stream(lines: list[str], endpoint: str) -> dict[str, Any] | None:
     """The non-streamed response a finished stream amounts to, or None if it did not finish cleanly."""
     events = []
     for line in lines:
@@ -50,7 +51,7 @@ def aggregate_stream(lines: list[str], endpoint: str) -> dict | None:
     }
 
 
-async def replay_stream(response: dict, include_usage: bool) -> AsyncIterator[bytes]:
+async def replay_stream(response: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
     chat = response.get("object") == "chat.completion"
     choice = response["choices"][0]
     envelope = {

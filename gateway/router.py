@@ -16,9 +16,10 @@ import hashlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Set
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 LOAD_BOUND = 1.25
 EJECT_SECONDS = 10.0
@@ -94,7 +95,7 @@ class Router:
         self._points = [point for point, _ in self._ring]
         self.wake_for_room()
 
-    def pick(self, affinity_key: str | None, exclude: set[Replica] = frozenset()) -> Replica | None:
+    def pick(self, affinity_key: str | None, exclude: Set[Replica] = frozenset()) -> Replica | None:
         """A healthy replica below its bound, or None."""
         candidates = [
             r for r in self.replicas if r.healthy and r not in exclude and r.outstanding < self.max_outstanding
@@ -112,11 +113,11 @@ class Router:
                 return replica
         return min(candidates, key=lambda r: r.outstanding)
 
-    def available(self, exclude: set[Replica] = frozenset()) -> bool:
+    def available(self, exclude: Set[Replica] = frozenset()) -> bool:
         """Whether any healthy replica is left to try, busy or not."""
         return any(r.healthy and r not in exclude for r in self.replicas)
 
-    async def acquire(self, affinity_key: str | None, exclude: set[Replica] = frozenset()) -> Replica | None:
+    async def acquire(self, affinity_key: str | None, exclude: Set[Replica] = frozenset()) -> Replica | None:
         """A replica with room for one more request, waiting in line for one if all are busy. None when no
         healthy replica is left to try; Overloaded when the line is full or the wait runs out. The caller takes
         the replica with ``async with replica.lease()`` before its next await, so the room is still there.
@@ -177,12 +178,13 @@ class Router:
             self._wake_one()
 
 
-def affinity_key(body: dict) -> str | None:
+def affinity_key(body: dict[str, Any]) -> str | None:
     """The shared part of a prompt: the system message (or the first 256 characters of a completion prompt)."""
     messages = body.get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[0], dict):
         if messages[0].get("role") in ("system", "developer") and isinstance(messages[0].get("content"), str):
-            return messages[0]["content"]
+            system: str = messages[0]["content"]
+            return system
         return None
     prompt = body.get("prompt")
     return prompt[:256] if isinstance(prompt, str) and len(prompt) >= 64 else None

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 from tokenyard.gateway.canonical import canonical_request
 from tokenyard.gateway.config import CachePolicy
@@ -204,7 +205,7 @@ class SemanticQuery:
     text: str
 
 
-def semantic_query(body: dict, endpoint: str, tenant: str, model: str, embedder: str) -> SemanticQuery | None:
+def semantic_query(body: dict[str, Any], endpoint: str, tenant: str, model: str, embedder: str) -> SemanticQuery | None:
     """The scope and the text to match, or None when the request has no single last user turn to compare."""
     request = canonical_request(body, endpoint)
     if endpoint == CHAT:

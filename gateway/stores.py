@@ -8,7 +8,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -32,7 +32,7 @@ class StoreGuard:
     ) -> None:
         self.name = name
         self.budget = budget_seconds
-        self.errors = (*errors, OSError, TimeoutError)
+        self.errors: tuple[type[BaseException], ...] = (*errors, OSError, TimeoutError)
         self.on_error = on_error
         self._skip_until = 0.0
 
@@ -74,7 +74,12 @@ class ExactCache:
 
     async def get(self, key: str) -> bytes | None:
         """The stored response body (JSON bytes, served as they are), or None."""
-        return await self.store.call(lambda: self.store.client.get(key), None)
+
+        async def read() -> bytes | None:
+            # decode_responses is off, so Redis answers bytes; redis-py's types cannot tell from the client
+            return cast("bytes | None", await self.store.client.get(key))
+
+        return await self.store.call(read, None)
 
     async def put(self, key: str, body: bytes, ttl_seconds: int) -> None:
         await self.store.call(lambda: self.store.client.set(key, body, ex=ttl_seconds), None)
@@ -119,7 +124,8 @@ class TenantLimits:
                 async with self.store.client.pipeline(transaction=True) as pipe:
                     pipe.incr(key)
                     pipe.expire(key, 120)
-                    return (await pipe.execute())[0]
+                    counted: list[int] = await pipe.execute()
+                    return counted[0]
 
             if await self.store.call(count, 0) > requests_per_minute:
                 return retry_after

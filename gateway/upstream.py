@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+
 from tokenyard.gateway.config import GatewayConfig
 
 # Shorter than uvicorn's keep-alive (5 s), so the gateway drops an idle connection before the runtime does and

@@ -8,9 +8,12 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 EXACT_SCAN_ROWS = 2_000
 LARGE_SCOPE_RECHECK_SECONDS = 600.0
@@ -50,7 +53,7 @@ class PgVectorIndex:
         import psycopg
         from psycopg_pool import AsyncConnectionPool
 
-        self.errors = (psycopg.Error,)  # the pool's PoolTimeout is one too
+        self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)  # the pool's PoolTimeout is one too
 
         self.pool = AsyncConnectionPool(
             url,
@@ -68,7 +71,7 @@ class PgVectorIndex:
         await self.pool.open(wait=False)
 
     @staticmethod
-    async def _configure(connection) -> None:
+    async def _configure(connection: AsyncConnection[Any]) -> None:
         from pgvector.psycopg import register_vector_async
         from psycopg.errors import UniqueViolation
 
@@ -79,7 +82,7 @@ class PgVectorIndex:
         # scope holds a small part of the table (pgvector 0.8+).
         await connection.execute("SET hnsw.iterative_scan = relaxed_order")
 
-    async def _table(self, connection, dimensions: int) -> str:
+    async def _table(self, connection: AsyncConnection[Any], dimensions: int) -> str:
         table = f"tokenyard_semantic_cache_{dimensions}"
         if dimensions not in self._tables:
             await connection.execute(
@@ -165,7 +168,7 @@ class MemoryVectorIndex:
     """Local mode: exact cosine search over one scope's entries with numpy; bounded, oldest entry out first."""
 
     name = "memory-index"
-    errors = ()
+    errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries

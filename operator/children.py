@@ -123,7 +123,8 @@ def serve_args(spec: LLMDeploymentSpec) -> list[str]:
 def _speculative_config(spec: LLMDeploymentSpec) -> dict[str, Any]:
     """vLLM's --speculative-config shape."""
     speculative = spec.runtime.speculative
-    assert speculative is not None
+    if speculative is None:
+        raise ValueError("the spec has no runtime.speculative to configure")
     config: dict[str, Any] = {
         "method": speculative.method,
         "num_speculative_tokens": speculative.num_speculative_tokens,
@@ -343,7 +344,8 @@ def pod_disruption_budget(llmd: dict[str, Any]) -> dict[str, Any]:
 def _autoscaling_target(resource: LLMDeployment) -> tuple[str, str]:
     """(metric, target per replica): queue depth unless KV cache usage is asked for."""
     autoscaling = resource.spec.autoscaling
-    assert autoscaling is not None
+    if autoscaling is None:
+        raise ValueError("the spec has no autoscaling: there is nothing to scale on")
     if autoscaling.target_kv_cache_usage is not None:
         return "vllm:kv_cache_usage_perc", str(autoscaling.target_kv_cache_usage)
     return "vllm:num_requests_waiting", str(autoscaling.target_queue_depth or DEFAULT_TARGET_QUEUE_DEPTH)
@@ -353,7 +355,8 @@ def horizontal_pod_autoscaler(llmd: dict[str, Any], resource: LLMDeployment) -> 
     """An HPA on the runtime's own per-pod metrics, as a metrics adapter (prometheus-adapter) serves them: the
     custom-metrics API cannot carry ':' so the adapter exposes vllm:x as vllm_x."""
     autoscaling = resource.spec.autoscaling
-    assert autoscaling is not None
+    if autoscaling is None:
+        raise ValueError("the spec has no autoscaling: there is nothing to scale on")
     metric, target = _autoscaling_target(resource)
     name = llmd["metadata"]["name"]
     return {
@@ -381,7 +384,8 @@ def horizontal_pod_autoscaler(llmd: dict[str, Any], resource: LLMDeployment) -> 
 def scaled_object(llmd: dict[str, Any], resource: LLMDeployment, prometheus_url: str) -> dict[str, Any]:
     """KEDA's version of the same: a Prometheus query of the deployment's average, no adapter needed."""
     autoscaling = resource.spec.autoscaling
-    assert autoscaling is not None
+    if autoscaling is None:
+        raise ValueError("the spec has no autoscaling: there is nothing to scale on")
     metric, target = _autoscaling_target(resource)
     meta = llmd["metadata"]
     selector_ = (

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     import kopf
+
     from tokenyard.operator.handlers import build_registry, settings
     from tokenyard.operator.kube import KubernetesClient
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+
 from tokenyard.operator.resource import (
     API_VERSION,
     GROUP,
@@ -51,8 +53,8 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return structural({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
     branches = [b for b in node.get("anyOf", []) if b.get("type") != "null"]
     if node.get("x-kubernetes-int-or-string"):
-        out = {"x-kubernetes-int-or-string": True}
-        return out | {k: node[k] for k in ("description", "default") if k in node}
+        int_or_string: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+        return int_or_string | {k: node[k] for k in ("description", "default") if k in node}
     if branches:  # Optional[X]: absent means None, so only X is described
         merged = structural(branches[0], defs) if len(branches) == 1 else {"x-kubernetes-int-or-string": True}
         return _readable_order(
@@ -86,7 +88,7 @@ def _readable_order(node: dict[str, Any]) -> dict[str, Any]:
     return {k: node[k] for k in (*first, *middle, *last) if k in node}
 
 
-def schema_of(model: type, *, default_nested: bool = True) -> dict[str, Any]:
+def schema_of(model: type[BaseModel], *, default_nested: bool = True) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema = structural(raw, raw.get("$defs", {}))
     if default_nested:
@@ -94,15 +96,15 @@ def schema_of(model: type, *, default_nested: bool = True) -> dict[str, Any]:
     return schema
 
 
-def _default_nested_objects(schema: dict[str, Any], model: type) -> None:
+def _default_nested_objects(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """Sub-objects that pydantic builds by default_factory get `default: {}`, so the API server fills their own
     defaults in too and CEL rules may read them without has()."""
     for name, field in model.model_fields.items():
         alias = field.alias or name
-        sub = getattr(field.annotation, "model_fields", None)
-        if sub is not None and field.default_factory is not None:
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel) and field.default_factory is not None:
             schema["properties"][alias]["default"] = {}
-            _default_nested_objects(schema["properties"][alias], field.annotation)
+            _default_nested_objects(schema["properties"][alias], nested)
 
 
 def crd() -> dict[str, Any]:
@@ -169,7 +171,8 @@ def crd() -> dict[str, Any]:
 
 
 def render() -> str:
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=120)
+    manifest: str = yaml.safe_dump(crd(), sort_keys=False, width=120)
+    return HEADER + manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
+
 from tokenyard.operator.children import LABEL_DEPLOYMENT, MANAGED_BY
 from tokenyard.operator.config import OperatorConfig
 from tokenyard.operator.kube import KubernetesClient, api_error_message, is_transient
@@ -29,7 +31,8 @@ WATCHED_CHILDREN = (("apps", "v1", "deployments"), ("", "v1", "services"), ("pol
 
 
 def post_event(body: dict[str, Any], reason: str, message: str, warning: bool) -> None:
-    (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)
+    # kopf reads any mapping here (build_object_reference only .get()s it); its annotation names its own Body view
+    (kopf.warn if warning else kopf.info)(body, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 def settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -51,7 +54,7 @@ def build_registry(config: OperatorConfig, api: KubernetesClient) -> kopf.Operat
     resource = (GROUP, VERSION, PLURAL)
 
     def backoff(retry: int) -> float:
-        return min(config.api_retry_base_seconds * 2**retry, config.api_retry_max_seconds)
+        return min(config.api_retry_base_seconds * 2.0**retry, config.api_retry_max_seconds)
 
     def retrying(handler: Callable[..., Any]) -> Callable[..., Any]:
         """Transient API errors become kopf.TemporaryError (retried with back-off); a spec that cannot work is
@@ -68,7 +71,7 @@ def build_registry(config: OperatorConfig, api: KubernetesClient) -> kopf.Operat
             except Exception as error:
                 if not is_transient(error):
                     raise
-                detail = api_error_message(error) if hasattr(error, "status") else repr(error)
+                detail = api_error_message(error) if isinstance(error, ApiException) else repr(error)
                 delay = backoff(retry)
                 log.warning(
                     "API error reconciling %s (retry %d in %.1fs): %s", body["metadata"]["name"], retry, delay, detail
@@ -121,9 +124,10 @@ def build_registry(config: OperatorConfig, api: KubernetesClient) -> kopf.Operat
         except Exception as error:  # the timer retries; an event handler's failure must not stop the watch
             log.warning("could not follow a child of %s: %r", body["metadata"].get("name"), error)
 
-    managed = {**MANAGED_BY, LABEL_DEPLOYMENT: kopf.PRESENT}
     for group, version, plural in (*WATCHED_CHILDREN, ("", "v1", "pods")):
-        kopf.on.event(group, version, plural, registry=registry, labels=managed)(on_child_event)
+        kopf.on.event(group, version, plural, registry=registry, labels={**MANAGED_BY, LABEL_DEPLOYMENT: kopf.PRESENT})(
+            on_child_event
+        )
 
     @kopf.timer(*resource, registry=registry, interval=config.status_interval_seconds, id="status")
     def refresh_status(body: kopf.Body, **_: Any) -> None:

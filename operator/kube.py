@@ -11,6 +11,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
 from tokenyard.operator.children import Kind, kind_of
 
 FIELD_MANAGER = "tokenyard-operator"
@@ -25,8 +26,11 @@ def is_transient(error: BaseException) -> bool:
 
 
 def api_error_message(error: ApiException) -> str:
+    if error.body is None:
+        return f"{error.status} {error.reason}"
     try:
-        return json.loads(error.body).get("message") or str(error.reason)
+        message = json.loads(error.body).get("message")
+        return str(message) if message else str(error.reason)
     except (TypeError, ValueError):
         return f"{error.status} {error.reason}"
 
@@ -75,11 +79,12 @@ class KubernetesClient:
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call("GET", self.path(kind, namespace, name))
+            found: dict[str, Any] | None = self._call("GET", self.path(kind, namespace, name))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+        return found
 
     def list(self, kind: Kind, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+
 from tokenyard.operator import children
 from tokenyard.operator.children import CHILD_KINDS, DEPLOYMENT, LABEL_DEPLOYMENT, Kind, kind_of
 from tokenyard.operator.config import OperatorConfig
@@ -34,7 +35,7 @@ class ForeignChild(RuntimeError):
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse(body: dict[str, Any]) -> LLMDeployment:

@@ -6,17 +6,17 @@ operator, and the tests hold both against the same invalid resources."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
-GROUP = "tokenyard.dev"
-VERSION = "v1alpha1"
-KIND = "LLMDeployment"
+API_VERSION: Final = "tokenyard.dev/v1alpha1"  # Final: its literal is the type of LLMDeployment.api_version
+GROUP, VERSION = API_VERSION.split("/")
+KIND: Final = "LLMDeployment"
 PLURAL = "llmdeployments"
 SHORT_NAME = "llmd"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # hf://org/name[@revision], pvc://claim[/path], or anything else as a path (or hub id) inside the image.
 MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|[^:]+)$"
@@ -28,9 +28,12 @@ Quantity = Annotated[
 FreeForm = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """One CEL rule for the API server (x-kubernetes-validations)."""
-    return {"rule": rule, "message": message} | ({"fieldPath": field_path} if field_path else {})
+    result: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        result["fieldPath"] = field_path
+    return result
 
 
 class Spec(BaseModel):
@@ -319,7 +322,7 @@ def readable_errors(error: Exception) -> str:
     if not hasattr(error, "errors"):
         return str(error)
     lines = []
-    for item in error.errors():  # type: ignore[attr-defined]
+    for item in error.errors():
         path = ".".join(str(part) for part in item["loc"])
         message = re.sub(r"^Value error, ", "", item["msg"])
         if isinstance(item.get("input"), (str, int, float, bool)):

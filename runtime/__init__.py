@@ -1,7 +1,8 @@
 """tokenyard's inference runtime: a paged-attention engine with continuous batching, prefix caching
 and chunked prefill, behind vLLM's offline API (``LLM``, ``SamplingParams``) and an OpenAI server.
 
-Names are imported on first use, so light parts (the bench client) never pull in torch."""
+Names are imported on first use, so importing the package, or a light module such as ``sampling_params``,
+never pulls in torch."""
 
 from __future__ import annotations
 

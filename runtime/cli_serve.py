@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tokenyard.runtime.engine_args import add_engine_arguments, engine_config_from_args
-
 from tokenyard.wire.asgi import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tokenyard.runtime.server.app import ServerSettings, build_app, start_input_threads, watch_event_loop
     from tokenyard.runtime.server.async_engine import AsyncEngine
-
     from tokenyard.wire.asgi import GracefulServer, run_server
 
     config = engine_config_from_args(args)  # refuses unsupported flags before anything loads

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from tokenyard.runtime.quantization.config import KV_CACHE_DTYPES, QUANTIZATION_GROUP_SIZES, QUANTIZATION_METHODS
+from tokenyard.runtime.spec_decode.config import SpeculativeConfig
+from tokenyard.runtime.validation import require
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -29,12 +33,13 @@ class EngineConfig:
     quantization: str | None = None
     quantization_group_size: int = 128  # int4: input columns sharing one scale and zero
     tensor_parallel_size: int = 1
-    speculative_config: dict[str, Any] | None = None
+    speculative_config: dict[str, Any] | None = None  # vLLM's JSON shape, as given
     # every step through the model's modules: no flat CPU decode path (GPUs run every step eagerly for now: CUDA
     # graphs, which this flag will also turn off, are not captured yet)
     enforce_eager: bool = False
     seed: int = 0
     num_threads: int | None = None  # CPU threads for torch; None leaves torch's choice
+    speculative: SpeculativeConfig | None = field(init=False)  # speculative_config, checked and typed
 
     def __post_init__(self) -> None:
         require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
@@ -51,12 +56,6 @@ class EngineConfig:
             require(self.max_model_len >= 2, "max_model_len", self.max_model_len, ">= 2")
         if self.kv_cache_memory_bytes is not None:
             require(self.kv_cache_memory_bytes > 0, "kv_cache_memory_bytes", self.kv_cache_memory_bytes, "> 0")
-        from tokenyard.runtime.quantization.config import (  # it imports ``require`` from here
-            KV_CACHE_DTYPES,
-            QUANTIZATION_GROUP_SIZES,
-            QUANTIZATION_METHODS,
-        )
-
         methods = ", ".join(QUANTIZATION_METHODS)
         require(self.quantization in (None, *QUANTIZATION_METHODS), "quantization", self.quantization, methods)
         require(
@@ -70,13 +69,4 @@ class EngineConfig:
         require(self.tensor_parallel_size >= 1, "tensor_parallel_size", self.tensor_parallel_size, ">= 1")
         if self.tensor_parallel_size > 1:  # rank r runs on cuda:r: the device names no GPU of its own
             require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "auto, cpu or cuda under TP")
-        if self.speculative_config is not None:
-            from tokenyard.runtime.spec_decode.config import SpeculativeConfig  # it imports ``require`` from here
-
-            SpeculativeConfig.from_dict(self.speculative_config)
-
-
-def require(ok: bool, name: str, value: object, allowed: str) -> None:
-    """Raise the engine's one shape of validation error: the field, its value, what is allowed."""
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: must be {allowed}")
+        self.speculative = SpeculativeConfig.from_dict(self.speculative_config) if self.speculative_config else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
 from tokenyard.runtime.config import DEFAULT_MODEL, DTYPES, EngineConfig
 
@@ -73,6 +74,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """The engine settings the flags ask for; a flag that cannot be honoured ends the command with its reason."""
     try:
-        return EngineConfig(**{name: getattr(args, name) for name in EngineConfig.__dataclass_fields__})
+        return EngineConfig(**{field.name: getattr(args, field.name) for field in fields(EngineConfig) if field.init})
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import fields
 
 from tokenyard.runtime.config import DEFAULT_MODEL, EngineConfig
 from tokenyard.runtime.engine.inputs import TokenizedPrompt
@@ -32,7 +33,7 @@ class LLM:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLM:
-        return cls(**{name: getattr(config, name) for name in EngineConfig.__dataclass_fields__})
+        return cls(**{field.name: getattr(config, field.name) for field in fields(config) if field.init})
 
     def get_tokenizer(self):
         return self.engine.tokenizer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokenyard.runtime.config import require
+from tokenyard.runtime.validation import require
 
 MAX_LOGPROBS = 20
 GREEDY_BELOW_TEMPERATURE = 1e-5  # as vLLM: dividing logits by less overflows, and the argmax is what it means
@@ -30,6 +30,11 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per token besides the chosen one
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, in [-100, 100]
     skip_special_tokens: bool = True
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """``stop`` as the list it is once constructed (it may be given as one string)."""
+        return self.stop if isinstance(self.stop, list) else []
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -12,18 +12,14 @@ import json
 import posixpath
 import re
 import shlex
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from tokenyard.runtime.kernels import PREBUILT_ENV
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from tokenyard.runtime.kernels import PREBUILT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -435,7 +431,7 @@ def _glob_to_regex(pattern: str) -> str:
         ".git/HEAD",
         "tests/test_images.py",
         "docs/benchmarks.md",
-        "benchmarks/engine.py",
+        "examples/smollm2-classifier.yaml",
         "charts/tokenyard/values.yaml",
         ".github/workflows/e2e-kind.yml",
         ".pytest_cache/v/cache/lastfailed",

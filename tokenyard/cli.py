@@ -17,10 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tokenyard.runtime.cli_serve", "serve a model over the OpenAI API (vLLM's flags)"),
     "up": ("tokenyard.up", "the local stack: tokenyard serve with the gateway in front (in-process cache)"),
     "gateway": ("tokenyard.gateway.cli", "the OpenAI-compatible gateway: tenants, routing, exact cache"),
-    "bench": ("tokenyard.runtime.cli_bench", "benchmark a server (bench serve), like vllm bench"),
+    "bench": ("tokenyard.benchmarks.cli", "benchmark a server (bench serve), like vllm bench"),
     "generate": ("tokenyard.runtime.cli_generate", "run the engine offline on prompts and print completions"),
     "quantize": (
-        "tokenyard.runtime.quantization.offline.cli",
+        "tokenyard.runtime.quantize.cli",
         "quantize a model offline (RTN, GPTQ, AWQ) into a Hugging Face GPTQ/AWQ checkpoint",
     ),
     "operator": ("tokenyard.operator.cli", "run the LLMDeployment operator (kopf) against the current cluster"),

@@ -42,4 +42,4 @@ class IncrementalDetokenizer:
         return self.text[: max(len(self.text) - self.hold_back, 0)]
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
+        return str(self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)) if ids else ""

@@ -8,9 +8,12 @@ body costs what a full-context prompt costs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tokenyard.runtime.config import require
+from transformers import PreTrainedTokenizerBase
+
 from tokenyard.runtime.sampling_params import SamplingParams
+from tokenyard.runtime.validation import require
 
 # A prompt of this many characters per context token is tokenised a prefix at a time: English averages ~4.
 PREFIX_CHARS_PER_TOKEN = 8
@@ -28,7 +31,7 @@ class TokenizedPrompt:
 
 
 class InputProcessor:
-    def __init__(self, tokenizer, vocab_size: int, max_model_len: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, max_model_len: int) -> None:
         self.tokenizer = tokenizer
         # The Rust tokenizer itself: thread-safe, and it releases the GIL while it encodes.
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -36,7 +39,7 @@ class InputProcessor:
         self._max_token_chars = max((len(t) for t in tokenizer.get_vocab()), default=1)
 
     # --- prompts ------------------------------------------------------------------------------------
-    def prompt(self, prompt: str | dict | list[int] | TokenizedPrompt) -> TokenizedPrompt:
+    def prompt(self, prompt: str | dict[str, Any] | list[int] | TokenizedPrompt) -> TokenizedPrompt:
         """A string (special tokens added as the model's tokenizer does), token ids, or vLLM's dict form."""
         if isinstance(prompt, TokenizedPrompt):
             return self.checked(prompt)
@@ -51,19 +54,23 @@ class InputProcessor:
         raise ValueError("prompt must be a string, a list of token ids, or a dict with 'prompt' or 'prompt_token_ids'")
 
     def chat(
-        self, messages: list[dict], chat_template: str | None = None, add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], chat_template: str | None = None, add_generation_prompt: bool = True
     ) -> TokenizedPrompt:
         """The chat template applied (it places the special tokens), then tokenised and checked."""
         text = self.render_chat(messages, chat_template, add_generation_prompt)
         return self.checked(TokenizedPrompt(text, self.encode(text, add_special_tokens=False)))
 
-    def render_chat(self, messages: list[dict], chat_template: str | None, add_generation_prompt: bool) -> str:
+    def render_chat(
+        self, messages: list[dict[str, Any]], chat_template: str | None, add_generation_prompt: bool
+    ) -> str:
         if chat_template is None and not self.tokenizer.chat_template:
             raise ValueError("the model has no chat template: pass one (chat_template=...)")
         # The template puts every message's text in the prompt: refuse what cannot fit before rendering it.
         self._check_characters(sum(len(m.get("content") or "") for m in messages if isinstance(m.get("content"), str)))
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        return str(
+            self.tokenizer.apply_chat_template(
+                messages, chat_template=chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
         )
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
@@ -87,8 +94,8 @@ class InputProcessor:
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if self._backend is not None:
-            return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+            return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def checked(self, prompt: TokenizedPrompt) -> TokenizedPrompt:
         ids = prompt.token_ids

@@ -1,32 +1,32 @@
-"""The engine: add_request / step / abort over the scheduler, the KV cache manager and the model runner."""
+"""The engine: add_request / step / abort over the scheduler, the KV cache manager and the executor."""
 
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from tokenyard.runtime.config import EngineConfig, require
+
+from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.engine.detokenizer import IncrementalDetokenizer
 from tokenyard.runtime.engine.inputs import InputProcessor, TokenizedPrompt
 from tokenyard.runtime.engine.kv_cache_manager import KVCacheManager
-from tokenyard.runtime.engine.model_runner import ModelRunner
 from tokenyard.runtime.engine.scheduler import Scheduler
 from tokenyard.runtime.engine.sequence import Sequence
+from tokenyard.runtime.executor.executor import Executor
 from tokenyard.runtime.layers.sampler import Sampled, SamplingRow
 from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
-from tokenyard.runtime.spec_decode.config import SpeculativeConfig
-from tokenyard.runtime.spec_decode.policy import DraftBudget
-from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, build_proposer
+from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, Speculator
+from tokenyard.runtime.validation import require
 
 log = logging.getLogger(__name__)
 
-Prompt = str | dict | list[int] | TokenizedPrompt
+Prompt = str | dict[str, Any] | list[int] | TokenizedPrompt
 
 
 class StepFailed(RuntimeError):
@@ -46,9 +46,9 @@ class _Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.runner = ModelRunner(config)
-        self.tokenizer = self.runner.loaded.tokenizer
-        self.model_config = self.runner.loaded.config
+        self.executor = Executor(config)
+        self.tokenizer = self.executor.loaded.tokenizer
+        self.model_config = self.executor.loaded.config
         context = self.model_config.max_position_embeddings
         self.max_model_len = config.max_model_len or context
         require(
@@ -64,7 +64,7 @@ class LLMEngine:
                 config.max_num_batched_tokens,
                 f">= max_model_len ({self.max_model_len}) without chunked prefill",
             )
-        num_blocks = self.runner.allocate_kv_cache()
+        num_blocks = self.executor.allocate_kv_cache()
         if num_blocks * config.block_size < self.max_model_len:
             raise ValueError(
                 f"the KV cache holds {num_blocks * config.block_size} tokens, fewer than one sequence "
@@ -77,11 +77,9 @@ class LLMEngine:
         self._rng = random.Random(config.seed)
         self.num_prompt_tokens = 0  # of requests whose prefill completed
         self.num_generation_tokens = 0
-        self.speculative = SpeculativeConfig.from_dict(config.speculative_config) if config.speculative_config else None
-        self.proposer = build_proposer(config, self.speculative, self.runner.loaded) if self.speculative else None
-        adaptive = self.speculative is not None and self.speculative.adaptive
-        self.draft_budget = DraftBudget(self.speculative.num_speculative_tokens) if adaptive else None
-        self.spec_decode_stats = SpecDecodeStats()
+        spec = config.speculative
+        self.speculator = Speculator(config, spec, self.executor.loaded) if spec is not None else None
+        self.spec_decode_stats = self.speculator.stats if self.speculator is not None else SpecDecodeStats()
         self.is_shut_down = False
         self._stepping: list[Sequence] = []  # the sequences the current step serves
 
@@ -105,7 +103,7 @@ class LLMEngine:
         )
         if arrival_time is not None:  # time.monotonic() when the request reached the server
             seq.arrival_time = arrival_time
-        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop_strings, params.skip_special_tokens)
         self._requests[request_id] = _Request(seq, detokenizer)
         self.scheduler.add(seq)
 
@@ -115,8 +113,8 @@ class LLMEngine:
         if request is None:
             return False
         self.scheduler.finish(request.seq, "abort")
-        if self.proposer is not None:
-            self.proposer.release(request.seq)
+        if self.speculator is not None:
+            self.speculator.release(request.seq)
         return True
 
     def has_unfinished_requests(self) -> bool:
@@ -134,11 +132,11 @@ class LLMEngine:
         for request_id in list(self._requests):
             self.abort_request(request_id)
         self.is_shut_down = True
-        self.runner.shutdown()
-        if self.proposer is not None:
-            self.proposer.shutdown()
+        self.executor.shutdown()
+        if self.speculator is not None:
+            self.speculator.shutdown()
         gc.collect()  # the model's modules refer to each other: only the collector frees them
-        if self.runner.device.type == "cuda":
+        if self.executor.device.type == "cuda":
             torch.cuda.empty_cache()
 
     # --- one step ------------------------------------------------------------------------------------
@@ -157,16 +155,14 @@ class LLMEngine:
             raise StepFailed(failed, error) from error
 
     def _step(self) -> list[RequestOutput]:
-        start = time.perf_counter()
-        self._propose()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler)
         batch = self.scheduler.schedule()
         if not batch:
             return []
         self._stepping = list(batch.seqs)
         finishing = [s for s, n in batch.items() if s.num_computed_tokens + n >= s.num_tokens]
-        sampled = self.runner.execute(batch, [self._sampling_row(s) for s in finishing])
-        if self.draft_budget is not None and all(seq.output_token_ids for seq in batch.seqs):  # decodes only
-            self.draft_budget.record_step(len(batch.seqs), sum(batch.num_new_tokens), time.perf_counter() - start)
+        sampled = self.executor.execute(batch, [self._sampling_row(s) for s in finishing])
         results = dict(zip(finishing, sampled, strict=True))
         now = time.monotonic()
         outputs = []
@@ -181,56 +177,16 @@ class LLMEngine:
             outputs.append(self._output(seq))
             if seq.is_finished:
                 self._requests.pop(seq.request_id, None)
-                if self.proposer is not None:
-                    self.proposer.release(seq)
-                if self.draft_budget is not None:
-                    self.draft_budget.release(seq)
+                if self.speculator is not None:
+                    self.speculator.release(seq)
         return outputs
-
-    def _propose(self) -> None:
-        """Draft tokens for running sequences that decode, and, where the proposer is cheap, for those whose
-        next step may finish their prompt. None while min_tokens is not reached (only the first verified
-        position can ban EOS), none past max_tokens, none above disable_by_batch_size, and (adaptive) only
-        as many as pay for their compute at this load (runtime/spec_decode/policy.py)."""
-        spec = self.speculative
-        if spec is None:
-            return
-        running = self.scheduler.running
-        candidates = [s for s in running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
-        if self.proposer.proposes_before_first_token:
-            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + self._next_admitted() + candidates
-        enqueued = len(running) + len(self.scheduler.waiting)
-        if spec.disable_by_batch_size is not None and enqueued > spec.disable_by_batch_size:
-            for seq in candidates:
-                seq.keep_drafts(0)
-            return
-        seqs = [s for s in candidates if len(s.output_token_ids) >= s.params.min_tokens]
-        limits = [max(min(spec.num_speculative_tokens, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs]
-        if self.draft_budget is not None:
-            limits = self.draft_budget.limits(seqs, limits, step_rows=len(running))
-        self.proposer.propose(seqs, limits)
-
-    def _next_admitted(self) -> list[Sequence]:
-        """The waiting requests the next step may admit: in order, while seats and the token budget last
-        (counting whole prompts, so a burst of prompts with cached prefixes gets fewer drafts than it could)."""
-        seats = self.config.max_num_seqs - len(self.scheduler.running)
-        budget = self.config.max_num_batched_tokens
-        admitted = []
-        for seq in itertools.islice(self.scheduler.waiting, max(seats, 0)):
-            budget -= seq.num_tokens
-            if budget < 0:
-                break
-            admitted.append(seq)
-        return admitted
 
     def _accept(self, seq: Sequence, num_scheduled: int, sampled: list[Sampled]) -> None:
         """Append the accepted draft tokens and the target's own token, each checked for a stop in order
         (a stop cuts the run). The KV of rejected drafts is not counted as computed and its blocks go back."""
-        num_drafts, num_accepted = len(seq.draft_token_ids), len(sampled) - 1
-        if num_drafts:
-            self.spec_decode_stats.record(num_drafts, num_accepted)
-            if self.draft_budget is not None:
-                self.draft_budget.record_verify(seq, num_drafts, num_accepted)
+        num_drafts, num_accepted = seq.num_draft_tokens, len(sampled) - 1
+        if self.speculator is not None:
+            self.speculator.verified(num_drafts, num_accepted)
         seq.keep_drafts(0)
         finish = None
         for result in sampled:
@@ -277,7 +233,7 @@ class LLMEngine:
         if params.greedy:
             return None
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        return torch.Generator(self.runner.device).manual_seed(seed)
+        return torch.Generator(self.executor.device).manual_seed(seed)
 
     def _output(self, seq: Sequence) -> RequestOutput:
         detokenizer = self._requests[seq.request_id].detokenizer

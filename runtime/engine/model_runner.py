@@ -1,4 +1,5 @@
-"""All device work: the KV cache tensors, flat inputs for a scheduled batch, the forward pass, sampling."""
+"""All device work of one rank: the KV cache tensors, flat inputs for a scheduled batch, the forward pass, sampling.
+The runner is the same on every tensor-parallel rank; the executor (executor.py) decides which of it runs where."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
 from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
-from tokenyard.runtime.distributed import launch_workers
+from tokenyard.runtime.engine.cpu_decode import CpuDecodePath
 from tokenyard.runtime.engine.memory import available_host_memory
 from tokenyard.runtime.engine.scheduler import ScheduledBatch
 from tokenyard.runtime.engine.sequence import Sequence
@@ -19,7 +21,6 @@ from tokenyard.runtime.layers.attention import (
 )
 from tokenyard.runtime.layers.sampler import Sampled, SamplingRow, sample
 from tokenyard.runtime.loaders import LoadedModel, load_model, resolve_model
-from tokenyard.runtime.models.cpu_decode import CpuDecodePath
 from tokenyard.runtime.spec_decode.rejection import verify
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,14 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         check_kv_cache_dtype(config.kv_cache_dtype, self.device)
         self.backend = TorchAttentionBackend(config.kv_cache_dtype)
-        # Tensor parallelism: the other ranks start first and load their shards while this one loads its own.
-        with launch_workers(config, self.device) as self.workers:
-            self.loaded: LoadedModel = load_model(
-                resolve_model(config.model),
-                config.dtype,
-                self.device,
-                self.backend,
-                config.quantization,
-                config.quantization_group_size,
-            )
+        self.loaded: LoadedModel = load_model(
+            resolve_model(config.model),
+            config.dtype,
+            self.device,
+            self.backend,
+            config.quantization,
+            config.quantization_group_size,
+        )
         self.model = self.loaded.model
         self.cpu_decode = None if config.enforce_eager else CpuDecodePath.build(self.model, self.backend)
         self.block_size = config.block_size
@@ -53,10 +52,8 @@ class ModelRunner:
         self.padding_block = -1  # set by allocate_kv_cache: one block past the pool, owned by nobody
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers and let go of the KV cache and the weights, so that their memory can
-        go back (to the GPU: see LLMEngine.shutdown). The runner cannot run a step afterwards."""
-        if self.workers is not None:
-            self.workers.shutdown()
+        """Let go of the KV cache and the weights, so that their memory can go back (to the GPU: see
+        LLMEngine.shutdown). The runner cannot run a step afterwards."""
         self.kv_caches = []
         for name in ("model", "loaded", "cpu_decode"):  # the references that hold the weights
             self.__dict__.pop(name, None)
@@ -71,12 +68,8 @@ class ModelRunner:
         storage, width = self.kv_entry
         return 2 * self.loaded.config.num_layers * self.model.kv_heads_per_rank * width * storage.itemsize
 
-    def allocate_kv_cache(self, num_blocks: int | None = None) -> int:
-        """Allocate the block pool once: ``num_blocks``, else as many as the memory budget holds (the fewest any
-        rank holds under tensor parallelism: all ranks share one block table). Returns the number of blocks."""
-        if num_blocks is None:
-            fit = self.kv_blocks_that_fit
-            num_blocks = self.workers.agree_kv_blocks(fit) if self.workers else fit()
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Allocate the block pool once, ``num_blocks`` blocks (see ``kv_blocks_that_fit``) and a padding block."""
         self.padding_block = num_blocks
         cfg = self.loaded.config
         storage, width = self.kv_entry
@@ -90,7 +83,6 @@ class ModelRunner:
             num_blocks * self.block_size * self.kv_bytes_per_token / 2**20,
             num_blocks * self.block_size,
         )
-        return num_blocks
 
     def kv_blocks_that_fit(self) -> int:
         return self._kv_budget_bytes() // (self.kv_bytes_per_token * self.block_size) - 1
@@ -135,21 +127,8 @@ class ModelRunner:
         return peak
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[list[Sampled]]:
-        """Run one step. ``rows`` describe the sequences that finish their input this step, in batch
-        order; each gets its accepted draft tokens (if it had any) and one sampled token."""
-        logits = self.run_model(self._prepare(batch))
-        if logits is None:
-            return []
-        if any(row.draft_token_ids for row in rows):
-            return verify(logits, rows)
-        return [[sampled] for sampled in sample(logits, rows)]
-
-    @torch.inference_mode()
     def run_model(self, inputs: StepInputs) -> torch.Tensor | None:
         """The forward pass for prepared inputs: logits (float32) of the ``sample_index`` rows, or None."""
-        if self.workers is not None:
-            self.workers.run_model(inputs)  # every rank runs the forward on its shard; this one samples
         self.backend.prepare(inputs.meta, self.device)
         forward = self.cpu_decode if self.cpu_decode is not None and self.cpu_decode.serves(inputs.meta) else self.model
         hidden = forward(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
@@ -157,7 +136,18 @@ class ModelRunner:
             return None
         return self.model.compute_logits(hidden[torch.tensor(inputs.sample_index, device=self.device)])
 
-    def _prepare(self, batch: ScheduledBatch) -> StepInputs:
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor | None, rows: list[SamplingRow]) -> list[list[Sampled]]:
+        """``rows`` describe the sequences that finish their input this step, in batch order; each gets its
+        accepted draft tokens (if it had any) and one sampled token."""
+        if logits is None:
+            return []
+        if any(row.draft_token_ids for row in rows):
+            return verify(logits, rows)
+        return [[sampled] for sampled in sample(logits, rows)]
+
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """The flat step inputs of a scheduled batch (padded to a captured size where that applies)."""
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []

@@ -3,8 +3,10 @@ chunked into what is left, FCFS, and preemption by recompute when the KV pool ru
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tokenyard.runtime.config import EngineConfig
@@ -24,7 +26,7 @@ class ScheduledBatch:
         self.seqs.append(seq)
         self.num_new_tokens.append(num_tokens)
 
-    def items(self) -> zip:
+    def items(self) -> Iterator[tuple[Sequence, int]]:
         return zip(self.seqs, self.num_new_tokens, strict=True)
 
     @property
@@ -53,17 +55,17 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
         # plain decodes, then decodes with draft tokens to verify, then prefills (the attention backend's order)
-        decodes_first = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, bool(s.draft_token_ids)))
+        decodes_first = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, s.num_draft_tokens > 0))
         for seq in decodes_first:
             if budget == 0:
                 break
             if seq.status is not Status.RUNNING:  # preempted earlier in this loop
                 continue
             seq.keep_drafts(max(budget - seq.num_uncomputed_tokens, 0))  # the budget counts draft tokens
-            num_tokens = min(seq.num_uncomputed_tokens + len(seq.draft_token_ids), budget)
+            num_tokens = min(seq.num_uncomputed_tokens + seq.num_draft_tokens, budget)
             if num_tokens < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
                 continue
-            if seq.draft_token_ids and not self.kv_cache.allocate(seq, num_tokens):
+            if seq.num_draft_tokens and not self.kv_cache.allocate(seq, num_tokens):
                 seq.keep_drafts(0)  # draft tokens never cost another sequence a preemption
                 num_tokens = seq.num_uncomputed_tokens
             if self._allocate_or_preempt(seq, num_tokens, batch):
@@ -86,6 +88,19 @@ class Scheduler:
                 return False
         return True
 
+    def next_admitted(self) -> list[Sequence]:
+        """The waiting requests the next step may admit: in order, while seats and the token budget last
+        (counting whole prompts, so a burst of prompts with cached prefixes gets fewer drafts than it could)."""
+        seats = self.config.max_num_seqs - len(self.running)
+        budget = self.config.max_num_batched_tokens
+        admitted = []
+        for seq in itertools.islice(self.waiting, max(seats, 0)):
+            budget -= seq.num_tokens
+            if budget < 0:
+                break
+            admitted.append(seq)
+        return admitted
+
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
@@ -97,9 +112,9 @@ class Scheduler:
             if remainder > budget and not self.config.enable_chunked_prefill:
                 break
             seq.keep_drafts(max(budget - remainder, 0))  # drafts ride along only with the whole remainder
-            num_tokens = min(remainder + len(seq.draft_token_ids), budget)
+            num_tokens = min(remainder + seq.num_draft_tokens, budget)
             if not self.kv_cache.allocate(seq, num_tokens, cached):
-                if not seq.draft_token_ids:
+                if not seq.num_draft_tokens:
                     break
                 seq.keep_drafts(0)  # as for decodes: draft tokens never hold back an admission
                 num_tokens = min(remainder, budget)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
 from tokenyard.runtime.sampling_params import SamplingParams
 
 
@@ -58,7 +59,12 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is Status.FINISHED
 
+    @property
+    def num_draft_tokens(self) -> int:
+        return len(self.draft_token_ids)
+
     def keep_drafts(self, count: int) -> None:
+        """Keep the first ``count`` draft tokens (the budget or the cache has no room for the rest)."""
         del self.draft_token_ids[count:]
         if self.draft_probs is not None:
             self.draft_probs = self.draft_probs[:count] if count else None

@@ -1,5 +1,5 @@
 // The layers of a llama-family model for one decode step in a single native call (built by
-// runtime/models/cpu_decode.py, which says when it serves): the step's ~360 kernel calls without the
+// runtime/engine/cpu_decode.py, which says when it serves): the step's ~360 kernel calls without the
 // interpreter between them. From Python a call costs ~1.5 us before it does any work, and a layer made ~12 of
 // them plus the wrappers around each linear: ~0.5 ms of a 4 ms int4 token of SmolLM2-135M.
 #include <torch/extension.h>

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
+
 from tokenyard.runtime.kernels import kernels_for
 
 
@@ -34,7 +35,7 @@ class AttentionMetadata:
     block_tables: list[list[int]]  # per sequence, its KV blocks in order
     num_decodes: int  # the first num_decodes sequences have exactly one new token
     block_size: int
-    backend_state: dict = field(default_factory=dict)  # whatever ``prepare`` derived, reused by all layers
+    plan: TorchAttentionPlan | None = None  # what TorchAttentionBackend.prepare derived, reused by all layers
 
     @property
     def num_seqs(self) -> int:
@@ -136,10 +137,8 @@ class TorchAttentionBackend:
         return lambda half, slots: dequantize_kv(kv_cache[half].index_select(0, slots), self.kv_cache_dtype, dtype)
 
     def prepare(self, meta: AttentionMetadata, device: torch.device) -> None:
-        state = meta.backend_state
         d = meta.num_decodes
-        if d:
-            state["decode"] = _plan_decode(meta, device)
+        decode = _plan_decode(meta, device) if d else None
         prefills = []
         for row in range(d, meta.num_seqs):
             start, end = meta.query_start_loc[row], meta.query_start_loc[row + 1]
@@ -148,14 +147,16 @@ class TorchAttentionBackend:
             slots = None
             if prior:
                 slots = context_slots([meta.block_tables[row]], context, meta.block_size)[0].to(device)
-            prefills.append((start, end, prior, slots))
-        state["prefills"] = prefills
+            prefills.append(PrefillChunk(start, end, prior, slots))
         on_cpu_kernels = self.kv_cache_dtype == "auto" and device.type == "cpu"
         decode_only = d == meta.num_seqs
-        in_place = on_cpu_kernels and decode_only and _reads_cache_directly(state["decode"])
-        # (slots, lengths) of a step that only decodes, for the CPU kernel reading the cache in place
-        state["decode_in_place"] = (state["decode"].suffix_slots, state["decode"].suffix_lens) if in_place else None
-        state["chunks"] = _plan_chunks(meta, device) if on_cpu_kernels and not decode_only else None
+        in_place = on_cpu_kernels and decode_only and decode is not None and _reads_cache_directly(decode)
+        meta.plan = TorchAttentionPlan(
+            decode=decode,
+            prefills=prefills,
+            decode_in_place=(decode.suffix_slots, decode.suffix_lens) if in_place else None,
+            chunks=_plan_chunks(meta, device) if on_cpu_kernels and not decode_only else None,
+        )
 
     def forward(
         self,
@@ -168,18 +169,18 @@ class TorchAttentionBackend:
     ) -> torch.Tensor:
         """q: (tokens, heads, dim); k, v: (tokens, kv_heads, dim); kv_cache: (2, slots, kv_heads, entry width)."""
         self._write(kv_cache, meta.slot_mapping, k, v)
-        state = meta.backend_state
+        plan = meta.plan
         d = meta.num_decodes
         ops = kernels_for(q) if self.kv_cache_dtype == "auto" and q.shape[-1] % 16 == 0 else None
-        if ops is not None and state["decode_in_place"] is not None:  # the kernel's output is the whole output
-            return ops.decode_attention(q, kv_cache, *state["decode_in_place"], scale)
-        if ops is not None and state["chunks"] is not None:  # decodes, and decodes with drafts to verify
-            return ops.chunk_attention(q, kv_cache, *state["chunks"], scale)
+        if ops is not None and plan.decode_in_place is not None:  # the kernel's output is the whole output
+            return ops.decode_attention(q, kv_cache, *plan.decode_in_place, scale)
+        if ops is not None and plan.chunks is not None:  # decodes, and decodes with drafts to verify
+            return ops.chunk_attention(q, kv_cache, *plan.chunks, scale)
         read = self._reader(kv_cache, q.dtype)
         out = torch.empty_like(q)
         if d:
-            out[:d] = _decode(q[:d], read, state["decode"], scale)
-        for start, end, prior, slots in state["prefills"]:
+            out[:d] = _decode(q[:d], read, plan.decode, scale)
+        for start, end, prior, slots in plan.prefills:
             if prior:
                 keys, values = read(0, slots), read(1, slots)
             else:
@@ -205,6 +206,31 @@ class _DecodePlan:
     suffix_slots: torch.Tensor  # (rows, longest_suffix)
     suffix_lens: torch.Tensor  # (rows,)
     suffix_mask: torch.Tensor  # (rows, 1, 1, longest_suffix), True where a key exists
+
+
+class PrefillChunk(NamedTuple):
+    start: int  # where the chunk's queries start and end in the flat batch
+    end: int
+    prior: int  # tokens of its sequence already cached before this chunk
+    slots: torch.Tensor | None  # (prior + chunk,) cache slots of its whole context, None when prior is 0
+
+
+@dataclass
+class TorchAttentionPlan:
+    """What ``TorchAttentionBackend.prepare`` derives from a step's metadata once, for every layer."""
+
+    decode: _DecodePlan | None  # the decode rows' reads, None without decode rows
+    prefills: list[PrefillChunk]  # one per prefill chunk, after the decode rows
+    # (slots, lengths) of a step that only decodes, for the CPU kernel reading the cache in place
+    decode_in_place: tuple[torch.Tensor, torch.Tensor] | None
+    # (context slots, context lengths, query starts) for the CPU chunk kernel (see _plan_chunks)
+    chunks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+    @property
+    def cache_context(self) -> tuple[torch.Tensor, ...] | None:
+        """What the CPU kernels take to read this step's context from the cache in place; None where the
+        step is not theirs (prefill, many rows, a shared prefix, a quantized cache, a GPU)."""
+        return self.decode_in_place if self.decode_in_place is not None else self.chunks
 
 
 def _plan_decode(meta: AttentionMetadata, device: torch.device) -> _DecodePlan:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tokenyard.runtime.quantization.groups import AffineGroups, concat_rows
 from tokenyard.runtime.quantization.kernels import QuantizedRows, QuantizedWeight, make_quantized_weight
-from torch import nn
 
 
 class Linear(nn.Module):
@@ -64,7 +65,7 @@ class MergedLinear(Linear):
         self._quantized_parts: dict[int, AffineGroups] = {}  # pre-quantized parts waiting for the others
 
     def load_part(self, index: int, weight: torch.Tensor) -> None:
-        self.weight.data[self._rows(index)].copy_(weight)
+        self.weight.data[self.part_slice(index)].copy_(weight)
 
     def load_quantized_part(self, index: int, groups: AffineGroups) -> None:
         """Quantized parts are stacked once all have arrived (a checkpoint stores them apart)."""
@@ -77,9 +78,10 @@ class MergedLinear(Linear):
             self.load_quantized(concat_rows([self._quantized_parts.pop(i) for i in range(len(self.part_sizes))]))
 
     def load_part_bias(self, index: int, bias: torch.Tensor) -> None:
-        self.bias.data[self._rows(index)].copy_(bias)
+        self.bias.data[self.part_slice(index)].copy_(bias)
 
-    def _rows(self, index: int) -> slice:
+    def part_slice(self, index: int) -> slice:
+        """The rows of part ``index`` in the fused weight (and bias)."""
         start = sum(self.part_sizes[:index])
         return slice(start, start + self.part_sizes[index])
 

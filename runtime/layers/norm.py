@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tokenyard.runtime.kernels import kernels_for
 from torch import nn
+
+from tokenyard.runtime.kernels import kernels_for
 
 
 class RMSNorm(nn.Module):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tokenyard.runtime.config import require
+
 from tokenyard.runtime.distributed.group import TensorParallel, current
 from tokenyard.runtime.layers.linear import Embedding, Linear, MergedLinear
+from tokenyard.runtime.validation import require
 
 
 def shard(module: torch.nn.Module, kind: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from tokenyard.runtime.kernels import kernels_for
 from torch import nn
+
+from tokenyard.runtime.kernels import kernels_for
 
 Angles = tuple[torch.Tensor, torch.Tensor]
 QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

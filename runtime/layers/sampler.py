@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
 from tokenyard.runtime.sampling_params import SamplingParams
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenyard.runtime.loaders import gguf
-from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES
 from transformers import AutoTokenizer
+
+import tokenyard.runtime.loaders.gguf as gguf
+from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES
 
 _HF_ARCHITECTURE = {family: arch for arch, family in SUPPORTED_ARCHITECTURES.items()}
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
+
 from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES, LlamaConfig
 from tokenyard.runtime.quantization.groups import GGUF_PACKED_TYPES, AffineGroups, from_gguf_blocks, permute_rows
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+
 from tokenyard.runtime.models import SUPPORTED_ARCHITECTURES, LlamaConfig
 from tokenyard.runtime.quantization.config import CheckpointQuantization, read_checkpoint_quantization
 from tokenyard.runtime.quantization.formats import from_awq, from_gptq

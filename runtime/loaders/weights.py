@@ -9,17 +9,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+import tokenyard.runtime.loaders.gguf as gguf
+import tokenyard.runtime.loaders.hf as hf
 from tokenyard.runtime.distributed.group import current
 from tokenyard.runtime.layers.attention import AttentionBackend
 from tokenyard.runtime.layers.linear import Linear, MergedLinear
 from tokenyard.runtime.layers.parallel import shard
-from tokenyard.runtime.loaders import gguf, hf
 from tokenyard.runtime.loaders.resolve import ModelSource
+from tokenyard.runtime.loaders.transform import quantize_linears, tie_lm_head_to_quantized_embedding, weight_bytes
 from tokenyard.runtime.models import LlamaConfig, LlamaForCausalLM
 from tokenyard.runtime.quantization.config import FROM_FLOAT, resolve_quantization
 from tokenyard.runtime.quantization.groups import AffineGroups
-from tokenyard.runtime.quantization.transform import quantize_linears, tie_lm_head_to_quantized_embedding, weight_bytes
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def load_model(
             model = LlamaForCausalLM(config, backend)
     finally:
         torch.set_default_dtype(previous)
-    _fill(model, weights)
+    fill_weights(model, weights)
     if quantization in FROM_FLOAT:
         quantize_linears(model, quantization, quantization_group_size)
     tie_lm_head_to_quantized_embedding(model)
@@ -109,7 +111,10 @@ def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -
     return getattr(torch, name)
 
 
-def _fill(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+def fill_weights(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor | AffineGroups]]) -> None:
+    """Copy checkpoint tensors (by their checkpoint names) into a freshly built model's parameters, fused
+    projections' parts at their offsets and pre-quantized ones in their quantized form; a ValueError names a
+    tensor that has no place in the model or a parameter the checkpoint lacks. No packing, no quantizing."""
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())  # a tied lm_head is not listed: it is the embedding
     expected = {

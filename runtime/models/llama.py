@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
+from torch import nn
+
 from tokenyard.runtime.distributed.group import current
 from tokenyard.runtime.layers.activation import silu_and_mul
 from tokenyard.runtime.layers.attention import AttentionBackend, AttentionMetadata
@@ -18,7 +21,6 @@ from tokenyard.runtime.layers.parallel import (
     qkv_parallel_linear,
 )
 from tokenyard.runtime.layers.rotary import Angles, RotaryEmbedding, rotate_queries_and_keys
-from torch import nn
 
 
 @dataclass
@@ -98,7 +100,12 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.kv_heads_per_rank = self.layers[0].self_attn.num_kv_heads
+        self.kv_heads_per_rank: int = self.decoder_layers[0].self_attn.num_kv_heads
+
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """``layers`` as what they are (a ModuleList types its items as plain modules)."""
+        return cast(list[DecoderLayer], list(self.layers))
 
     def forward(
         self,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenyard.runtime.config import require
 from tokenyard.runtime.quantization.formats import AWQ_BITS, GPTQ_BITS
+from tokenyard.runtime.validation import require
 
 QUANTIZATION_METHODS = ("int8", "int4", "gptq", "awq", "gguf")  # weight-only; vLLM's names where it has them
 FROM_FLOAT = ("int8", "int4")  # quantized after loading float weights

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
+
 from tokenyard.runtime.quantization.formats import GroupQuantized
 
 GGUF_PACKED_TYPES = {GGMLQuantizationType[name] for name in ("Q8_0", "Q4_0", "Q4_1")}

@@ -19,9 +19,10 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tokenyard.runtime.kernels import cpu_kernels
 from tokenyard.runtime.quantization.groups import AffineGroups
-from torch import nn
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the 4-bit kernels take
 _CUDA_INNER_K_TILES = 8  # CUDA's int4 layout wants K a multiple of 16 * inner_k_tiles

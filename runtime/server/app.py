@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
+
 from tokenyard.runtime.engine.inputs import PromptTooLong, TokenizedPrompt
 from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
@@ -28,7 +29,6 @@ from tokenyard.runtime.server.async_engine import (
     yield_to_the_event_loop,
 )
 from tokenyard.runtime.server.formats import ChatFormat, CompletionFormat, ResponseFormat
-
 from tokenyard.wire.asgi import install_error_handlers
 from tokenyard.wire.openai import (
     COMPLETION_RESPONSES,

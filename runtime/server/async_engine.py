@@ -140,8 +140,8 @@ class AsyncEngine:
         if self._thread is not None:
             self._commands.put(None)
             self._thread.join(timeout=30)
-        if self.engine is not None and self.engine.runner.workers is not None:
-            self.engine.runner.workers.shutdown()  # tensor parallelism: no worker outlives the server
+        if self.engine is not None:
+            self.engine.executor.stop_workers()
 
     @property
     def capacity(self) -> int:

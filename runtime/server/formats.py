@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
-
 from tokenyard.wire.openai import new_id, now
 
 

@@ -7,6 +7,7 @@ import contextlib
 import resource
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+
 from tokenyard.runtime.engine.llm_engine import LLMEngine
 from tokenyard.runtime.outputs import RequestOutput
 
@@ -166,12 +167,12 @@ class ServerMetrics:
                 "block_size": str(kv.block_size),
                 "num_blocks": str(kv.num_blocks),
                 "enable_prefix_caching": str(kv.enable_prefix_caching).lower(),
-                "kv_bytes_per_token": str(engine.runner.kv_bytes_per_token),
-                "dtype": str(engine.runner.loaded.dtype),
+                "kv_bytes_per_token": str(engine.executor.runner.kv_bytes_per_token),
+                "dtype": str(engine.executor.runner.loaded.dtype),
                 "max_model_len": str(engine.max_model_len),
             }
         )
-        self.weights_bytes.labels(self.model_name).set(engine.runner.loaded.weights_bytes)
+        self.weights_bytes.labels(self.model_name).set(engine.executor.runner.loaded.weights_bytes)
 
     def record_load(self, engine: LLMEngine) -> None:
         """The gauges autoscalers and routers read: running and waiting requests, KV cache usage."""
@@ -213,12 +214,12 @@ class ServerMetrics:
                 self._seen[key] = total
         self._record_accepted_per_position(engine.spec_decode_stats.accepted_per_position)
         self.peak_rss.labels(name).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        if engine.runner.device.type == "cuda":
+        if engine.executor.runner.device.type == "cuda":
             import torch
 
-            self.gpu_memory.labels(name).set(torch.cuda.memory_allocated(engine.runner.device))
+            self.gpu_memory.labels(name).set(torch.cuda.memory_allocated(engine.executor.runner.device))
             with contextlib.suppress(ModuleNotFoundError, RuntimeError):  # without NVML (pynvml) it stays unset
-                self.gpu_utilization.labels(name).set(torch.cuda.utilization(engine.runner.device) / 100)
+                self.gpu_utilization.labels(name).set(torch.cuda.utilization(engine.executor.runner.device) / 100)
 
     def _record_accepted_per_position(self, totals: list[int]) -> None:
         seen = self._seen_per_position

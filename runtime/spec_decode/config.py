@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokenyard.runtime.config import require
+from tokenyard.runtime.validation import require
 
 METHODS = ("ngram", "draft_model")
 # Measured on SmolLM2-135M, CPU, input-grounded prompts (benchmarks/spec_decode.py).
@@ -25,9 +25,6 @@ class SpeculativeConfig:
     prompt_lookup_max: int = DEFAULT_LOOKUP_MAX
     lookup_recent_outputs: int = DEFAULT_RECENT_OUTPUTS  # ngram only; 0 searches the sequence alone (vLLM's)
     disable_by_batch_size: int | None = None  # no speculation while more requests than this are running or waiting
-    # Draft only the tokens that pay for their compute at the current load (policy.py). Off by default: it has
-    # not reliably beaten drafting in full at every load (docs/benchmarks.md).
-    adaptive: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SpeculativeConfig:
@@ -35,9 +32,9 @@ class SpeculativeConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         require(not unknown, "speculative_config", unknown, f"made of the keys {', '.join(sorted(known))}")
-        method = raw.get("method")
+        method: Any = raw.get("method")  # checked below
         require(method in METHODS, "speculative_config.method", method, f"one of {', '.join(METHODS)}")
-        k = raw.get("num_speculative_tokens")
+        k: Any = raw.get("num_speculative_tokens")
         require(isinstance(k, int) and k >= 1, "speculative_config.num_speculative_tokens", k, "an integer >= 1")
         lookup_min = raw.get("prompt_lookup_min", raw.get("prompt_lookup_max", DEFAULT_LOOKUP_MIN))
         lookup_max = raw.get("prompt_lookup_max", max(lookup_min, DEFAULT_LOOKUP_MAX))
@@ -64,13 +61,6 @@ class SpeculativeConfig:
         limit = raw.get("disable_by_batch_size")
         if limit is not None:
             require(isinstance(limit, int) and limit >= 1, "speculative_config.disable_by_batch_size", limit, ">= 1")
-        adaptive = raw.get("adaptive", False)
-        require(
-            isinstance(adaptive, bool),
-            "speculative_config.adaptive",
-            adaptive,
-            "true (draft what pays at the current load) or false (always num_speculative_tokens)",
-        )
         return cls(
             method,
             k,
@@ -81,5 +71,4 @@ class SpeculativeConfig:
             lookup_max,
             recent,
             limit,
-            adaptive,
         )

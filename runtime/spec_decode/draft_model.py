@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from tokenyard.runtime.config import EngineConfig, require
+
+from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.engine.kv_cache_manager import KVCacheManager
 from tokenyard.runtime.engine.model_runner import ModelRunner
 from tokenyard.runtime.engine.scheduler import ScheduledBatch
@@ -20,6 +21,7 @@ from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.layers.sampler import draw, filtered_probs
 from tokenyard.runtime.loaders import LoadedModel
 from tokenyard.runtime.spec_decode.config import SpeculativeConfig
+from tokenyard.runtime.validation import InvalidValue, require
 
 
 class DraftModelProposer:
@@ -27,6 +29,8 @@ class DraftModelProposer:
     proposes_before_first_token = False
 
     def __init__(self, config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> None:
+        if spec.model is None:
+            raise InvalidValue("speculative_config.model", None, "the draft model's path or id (method draft_model)")
         draft_config = replace(
             config,
             model=spec.model,
@@ -38,7 +42,8 @@ class DraftModelProposer:
         )
         self.runner = ModelRunner(draft_config)
         check_compatible(self.runner.loaded, target)
-        num_blocks = self.runner.allocate_kv_cache()
+        num_blocks = self.runner.kv_blocks_that_fit()
+        self.runner.allocate_kv_cache(num_blocks)
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, enable_prefix_caching=False)
         self._shadows: dict[str, Sequence] = {}
 
@@ -55,7 +60,9 @@ class DraftModelProposer:
             for shadow in shadows:
                 if self.kv_cache.allocate(shadow, shadow.num_uncomputed_tokens):  # a full pool: fewer drafts
                     batch.add(shadow, shadow.num_uncomputed_tokens)
-            logits = self.runner.run_model(self.runner._prepare(batch)) if batch else None
+            logits = self.runner.run_model(self.runner.prepare(batch)) if batch else None
+            if logits is None:  # no shadow had room in the draft's pool
+                break
             for row, (shadow, num_tokens) in enumerate(batch.items()):
                 seq = by_id[shadow.request_id]
                 shadow.num_computed_tokens += num_tokens

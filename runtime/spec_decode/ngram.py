@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
+
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.spec_decode.config import SpeculativeConfig
 
@@ -35,7 +36,8 @@ def ngram_lookup(tokens: np.ndarray, n: int, k: int) -> list[int]:
     if not len(hits):
         return []
     start = int(hits[-1]) + n
-    return tokens[start : start + k].tolist()
+    following: list[int] = tokens[start : start + k].tolist()
+    return following
 
 
 class RecentOutputs:

@@ -1,5 +1,6 @@
-"""What the engine sees of speculation: a proposer that fills ``seq.draft_token_ids`` before each step,
-and the counters behind the ``vllm:spec_decode_*`` metrics."""
+"""What the engine sees of speculation: a ``Speculator`` that fills ``seq.draft_token_ids`` before each step and
+counts what the target accepted after it (the counters behind the ``vllm:spec_decode_*`` metrics). Which proposer
+drafts, with which model and cache, stays behind it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tokenyard.runtime.config import EngineConfig
+from tokenyard.runtime.engine.scheduler import Scheduler
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.loaders import LoadedModel
 from tokenyard.runtime.spec_decode.config import SpeculativeConfig
@@ -28,12 +30,6 @@ class Proposer(Protocol):
         """The engine shuts down: let go of any model and cache (it proposes nothing afterwards)."""
 
 
-def build_proposer(config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> Proposer:
-    if spec.method == "ngram":
-        return NgramProposer(spec)
-    return DraftModelProposer(config, spec, target)
-
-
 @dataclass
 class SpecDecodeStats:
     num_drafts: int = 0  # verification steps of a sequence with at least one draft token
@@ -53,3 +49,39 @@ class SpecDecodeStats:
     @property
     def acceptance_rate(self) -> float:
         return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+
+class Speculator:
+    def __init__(self, config: EngineConfig, spec: SpeculativeConfig, target: LoadedModel) -> None:
+        self.spec = spec
+        self.proposer: Proposer = (
+            NgramProposer(spec) if spec.method == "ngram" else DraftModelProposer(config, spec, target)
+        )
+        self.stats = SpecDecodeStats()
+
+    def propose(self, scheduler: Scheduler) -> None:
+        """Draft tokens for running sequences that decode, and, where the proposer is cheap, for those whose
+        next step may finish their prompt. None while min_tokens is not reached (only the first verified
+        position can ban EOS), none past max_tokens, none above disable_by_batch_size."""
+        running = scheduler.running
+        candidates = [s for s in running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
+        if self.proposer.proposes_before_first_token:
+            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + scheduler.next_admitted() + candidates
+        limit = self.spec.disable_by_batch_size
+        if limit is not None and len(running) + len(scheduler.waiting) > limit:
+            for seq in candidates:
+                seq.keep_drafts(0)
+            return
+        seqs = [s for s in candidates if len(s.output_token_ids) >= s.params.min_tokens]
+        k = self.spec.num_speculative_tokens
+        self.proposer.propose(seqs, [max(min(k, s.max_tokens - len(s.output_token_ids) - 1), 0) for s in seqs])
+
+    def verified(self, num_draft_tokens: int, num_accepted: int) -> None:
+        if num_draft_tokens:
+            self.stats.record(num_draft_tokens, num_accepted)
+
+    def release(self, seq: Sequence) -> None:
+        self.proposer.release(seq)
+
+    def shutdown(self) -> None:
+        self.proposer.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+
 from tokenyard.runtime.layers.sampler import (
     Sampled,
     SamplingRow,

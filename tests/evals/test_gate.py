@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenyard.evals.results import Baseline, MetricSummary, Results, TestsetInfo
 
 from tokenyard.cli import main
+from tokenyard.evals.results import Baseline, MetricSummary, Results, TestsetInfo
 
 TESTSET = TestsetInfo(path="evals/testsets/rag/rag_qa.jsonl", sha256="a" * 64, items=3)
 

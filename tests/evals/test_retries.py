@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tokenyard.cli import main
 from tokenyard.evals.client import RetryPolicy
 from tokenyard.evals.metrics import TASK_METRICS
 from tokenyard.evals.testset import Item, load_testset
-
-from tokenyard.cli import main
 
 from .misbehaving_server import MisbehavingServer
 

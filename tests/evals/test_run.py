@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tokenyard.evals.metrics import OFFLINE_METRICS, TASK_METRICS
-from tokenyard.evals.testset import load_testset
 
 from tokenyard.cli import main
+from tokenyard.evals.metrics import OFFLINE_METRICS, TASK_METRICS
+from tokenyard.evals.testset import load_testset
 
 from ..runtime.server_process import ServerProcess, free_port
 from .misbehaving_server import MisbehavingServer

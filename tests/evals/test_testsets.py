@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenyard.runtime.bench.workloads import CLASSIFIER_SYSTEM_PROMPT
+
+from tokenyard.benchmarks.workloads import CLASSIFIER_SYSTEM_PROMPT
 
 TESTSETS = Path(__file__).resolve().parents[2] / "evals" / "testsets"
 CLASSIFIER_DIR = TESTSETS / "classifier"

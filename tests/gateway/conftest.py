@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+
 from tokenyard.gateway.config import hash_api_key
 
 from ..runtime.server_process import ServerProcess, free_port, wait_healthy
@@ -217,12 +218,13 @@ def semantic_gateway(upstream, redis_server, postgres_server, gateway_config, tm
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from tokenyard.runtime.loaders.resolve import _packaged_gguf
     from transformers import AutoTokenizer
+
+    from tokenyard.runtime.loaders import packaged_model_path
 
     from ..runtime.tiny_models import write_hf_model
 
-    gguf = _packaged_gguf()
+    gguf = packaged_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return write_hf_model("llama", tmp_path_factory.mktemp("tiny") / "llama", tokenizer)
 

@@ -22,6 +22,7 @@ import kmock
 import pytest
 import pytest_asyncio
 import yaml
+
 from tokenyard.gateway import discovery
 from tokenyard.gateway.discovery import KubernetesAPI, KubernetesConfigError, watch_deployments
 

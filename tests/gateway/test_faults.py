@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tokenyard.gateway.config import hash_api_key
 
 from ..runtime.server_process import ServerProcess

@@ -12,6 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
+
 from tokenyard.gateway.inputs import MAX_JSON_DEPTH
 
 from .conftest import GatewayProcess, write_config

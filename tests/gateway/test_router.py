@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
+
 from tokenyard.gateway.router import LOAD_BOUND, Overloaded, Replica, Router, affinity_key
 
 

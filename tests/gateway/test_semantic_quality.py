@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tokenyard.gateway.calibrate import judge, load_pairs, similarities
 from tokenyard.gateway.config import CachePolicy
 from tokenyard.gateway.semantic import bypassed, difference, semantic_query

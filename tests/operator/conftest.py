@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from kmock._internal.k8s import KubernetesError
+
 from tokenyard.operator.config import OperatorConfig
 from tokenyard.operator.handlers import build_registry, settings
 from tokenyard.operator.kube import KubernetesClient
@@ -105,7 +106,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if "name" not in meta and "generateName" in meta:  # kopf names its Events this way
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta["uid"] = str(uuid.uuid4())
-            meta["creationTimestamp"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             meta["generation"] = 1
             meta["resourceVersion"] = str(next(self._versions))
         elif request.action == kmock.action.UPDATE and request.name:

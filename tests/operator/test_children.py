@@ -11,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from tokenyard.operator import children
 from tokenyard.operator.config import OperatorConfig
 from tokenyard.operator.resource import LLMDeployment

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
+
 from tokenyard.operator import crd
 from tokenyard.operator.resource import LLMDeployment, readable_errors
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM
 
 CLASSIFIER_SYSTEM = (

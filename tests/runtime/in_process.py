@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from starlette.testclient import TestClient
+
 from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.server.app import ServerSettings, build_app
 from tokenyard.runtime.server.async_engine import AsyncEngine
-
 from tokenyard.wire.asgi import Guard
 
 MODEL = "tiny"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tokenyard.runtime.layers import attention
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend, dequantize_kv, quantize_kv
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.engine import cpu_decode
 from tokenyard.runtime.kernels import PREBUILT_ENV, cpu_kernels
 from tokenyard.runtime.layers import activation, attention, norm, rotary
-from tokenyard.runtime.models import cpu_decode
 from tokenyard.runtime.quantization.groups import AffineGroups, quantize_int4, quantize_int8_per_channel
 from tokenyard.runtime.quantization.kernels import (
     CpuGroupWeight,
@@ -204,7 +205,7 @@ def test_a_model_decodes_the_same_tokens_with_and_without_the_kernels(tiny_llama
             assert step_a[token] == pytest.approx(step_b[token], abs=1e-4)
 
 
-NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "adaptive": False}  # every step drafts: verify steps run
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3}
 
 
 @pytest.mark.parametrize(
@@ -235,7 +236,7 @@ def test_the_native_decode_step_decodes_what_the_modules_decode(tiny_llama_dir, 
             quantization=quantization,
             quantization_group_size=32,
         )
-        assert (llm.engine.runner.cpu_decode is None) == enforce_eager
+        assert (llm.engine.executor.runner.cpu_decode is None) == enforce_eager
         return [o.outputs[0] for o in llm.generate(prompts, params) + llm.generate(prompts[:1], params)]
 
     flat, modules = generate(enforce_eager=False), generate(enforce_eager=True)

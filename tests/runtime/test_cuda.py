@@ -18,6 +18,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize as gguf_quantize
 from safetensors.torch import load_file, save_file
+
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.quantization.groups import (
     AffineGroups,
@@ -71,7 +72,7 @@ def reference(path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
 def generate(path, **settings) -> list:
     llm = LLM(str(path), **{**ENGINE, **settings})
-    assert llm.engine.runner.device.type == "cuda"
+    assert llm.engine.executor.runner.device.type == "cuda"
     return llm.generate(prompts(), GREEDY)
 
 

@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.engine.model_runner import decode_bucket
 from tokenyard.runtime.layers.sampler import SamplingRow, sample
@@ -205,7 +206,7 @@ def test_decode_steps_padded_to_static_shapes_give_the_same_tokens(tiny_llm):
     padding rows must not change anyone's output."""
     prompts = ["one", "two words", "three little words", "and four more words", "five"]
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-    runner = tiny_llm.engine.runner
+    runner = tiny_llm.engine.executor.runner
     plain = tiny_llm.generate(prompts, params)
     runner.pad_decode_batches = True  # what a GPU without enforce_eager does
     try:
@@ -249,7 +250,7 @@ def test_a_kv_budget_smaller_than_one_sequence_is_refused(tiny_llama_dir):
 
 def test_a_shut_down_engine_lets_go_of_its_kv_cache_and_weights_and_refuses_requests(tiny_llama_dir):
     llm = LLM(str(tiny_llama_dir), dtype="float32", kv_cache_memory_bytes=4 << 20)
-    runner = llm.engine.runner
+    runner = llm.engine.executor.runner
     cache, weight = weakref.ref(runner.kv_caches[0]), weakref.ref(next(runner.model.parameters()))
     with llm:
         assert len(llm.generate("Hello", SamplingParams(max_tokens=3, ignore_eos=True))[0].outputs[0].token_ids) == 3

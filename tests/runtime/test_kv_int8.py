@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.layers.attention import dequantize_kv, quantize_kv
@@ -42,9 +43,11 @@ def test_the_same_budget_holds_about_twice_the_blocks(head_dim_64_dir):
     bf16 = LLM(str(head_dim_64_dir), dtype="bfloat16", kv_cache_memory_bytes=budget)
     int8 = LLM(str(head_dim_64_dir), dtype="bfloat16", kv_cache_memory_bytes=budget, kv_cache_dtype="int8")
     bf16_blocks, int8_blocks = bf16.engine.kv_cache.num_blocks, int8.engine.kv_cache.num_blocks
-    assert int8.engine.runner.kv_bytes_per_token == 2 * 2 * 1 * (64 + 2)  # layers * K/V * heads * (codes + scale)
+    assert int8.engine.executor.runner.kv_bytes_per_token == 2 * 2 * 1 * (
+        64 + 2
+    )  # layers * K/V * heads * (codes + scale)
     assert int8_blocks / bf16_blocks >= 1.9
-    assert int8.engine.runner.kv_caches[0].dtype == torch.int8
+    assert int8.engine.executor.runner.kv_caches[0].dtype == torch.int8
 
 
 NEAR_TIE = 0.05

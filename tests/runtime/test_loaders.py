@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.loaders import resolve_model
 from tokenyard.runtime.loaders.export import export_gguf_to_hf

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, RequestOutput, SamplingParams
 
 from .conftest import CLASSIFIER_SYSTEM

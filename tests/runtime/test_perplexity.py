@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from tokenyard.runtime.bench.perplexity import load_runner, paragraphs, perplexity, pydoc_corpus
+
+from tokenyard.benchmarks.perplexity import load_runner, paragraphs, perplexity, pydoc_corpus
 
 
 def transformers_perplexity(model, ids: list[int], window: int, stride: int) -> float:

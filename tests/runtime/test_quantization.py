@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.quantization.config import read_checkpoint_quantization
@@ -176,7 +177,7 @@ def test_weights_quantized_at_load_compute_what_their_dequantized_weights_comput
     save_file(tensors, str(reference_dir / "model.safetensors"), metadata={"format": "pt"})
     reference = LLM(str(reference_dir), dtype="float32", **SMALL).generate(PROMPTS, GREEDY)
     llm = LLM(str(tiny_llama_dir), dtype="float32", quantization=method, quantization_group_size=32, **SMALL)
-    assert llm.engine.runner.loaded.quantization == method
+    assert llm.engine.executor.runner.loaded.quantization == method
     assert_same_generations(llm.generate(PROMPTS, GREEDY), reference, atol=1e-3)
 
 
@@ -209,7 +210,7 @@ def test_gptq_and_awq_checkpoints_compute_what_their_dequantized_weights_compute
     )
     reference = LLM(str(reference_dir), dtype="float32", **SMALL).generate(PROMPTS, GREEDY)
     llm = LLM(str(checkpoint), dtype="float32", **SMALL)  # detected from config.json, no flag needed
-    assert llm.engine.runner.loaded.quantization == method
+    assert llm.engine.executor.runner.loaded.quantization == method
     assert_same_generations(llm.generate(PROMPTS, GREEDY), reference, atol=1e-3)
 
 
@@ -221,10 +222,14 @@ def test_gguf_kept_packed_computes_what_the_dequantized_file_computes(
 
     path = write_gguf_model(tiny_llama_dir, tmp_path / f"tiny-{tensor_type}.gguf", tensor_type, smollm2_gguf)
     dequantized = LLM(str(path), dtype="float32", **SMALL)
-    assert dequantized.engine.runner.loaded.quantization is None  # an explicit float dtype asks for float weights
+    assert (
+        dequantized.engine.executor.runner.loaded.quantization is None
+    )  # an explicit float dtype asks for float weights
     packed = LLM(str(path), dtype="float32", quantization="gguf", **SMALL)
-    assert packed.engine.runner.loaded.quantization == "gguf"
-    assert packed.engine.runner.loaded.weights_bytes < dequantized.engine.runner.loaded.weights_bytes / 2
+    assert packed.engine.executor.runner.loaded.quantization == "gguf"
+    assert (
+        packed.engine.executor.runner.loaded.weights_bytes < dequantized.engine.executor.runner.loaded.weights_bytes / 2
+    )
     assert_same_generations(packed.generate(PROMPTS, GREEDY), dequantized.generate(PROMPTS, GREEDY), atol=1e-3)
 
 
@@ -246,7 +251,7 @@ def test_packaged_smollm2_kept_packed_answers_the_classifier_prompt_like_the_deq
     [expected] = llm_fp32.chat(conversation, params)
     [out] = packed.chat(conversation, params)
     assert out.outputs[0].text == expected.outputs[0].text
-    model = packed.engine.runner.model
+    model = packed.engine.executor.runner.model
     assert model.embed_tokens.quantized is not None and model.lm_head.quantized is not None
 
 
@@ -254,13 +259,13 @@ def test_a_gguf_stays_packed_only_when_asked(tiny_llama_dir, smollm2_gguf, tmp_p
     from .tiny_models import write_gguf_model
 
     path = write_gguf_model(tiny_llama_dir, tmp_path / "tiny-Q4_1.gguf", "Q4_1", smollm2_gguf)
-    assert LLM(str(path), quantization="gguf", **SMALL).engine.runner.loaded.quantization == "gguf"
-    assert LLM(str(path), **SMALL).engine.runner.loaded.quantization is None
+    assert LLM(str(path), quantization="gguf", **SMALL).engine.executor.runner.loaded.quantization == "gguf"
+    assert LLM(str(path), **SMALL).engine.executor.runner.loaded.quantization is None
 
 
 def test_weight_memory_of_the_linears_halves_with_int8_and_quarters_with_int4(tiny_llama_dir):
     def linear_bytes(**settings) -> int:
-        loaded = LLM(str(tiny_llama_dir), dtype="bfloat16", **SMALL, **settings).engine.runner.loaded
+        loaded = LLM(str(tiny_llama_dir), dtype="bfloat16", **SMALL, **settings).engine.executor.runner.loaded
         embedding = loaded.config.vocab_size * loaded.config.hidden_size * 2  # bf16, untied: never quantized
         return loaded.weights_bytes - embedding
 

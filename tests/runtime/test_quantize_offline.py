@@ -10,20 +10,20 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenyard.runtime.bench.perplexity import pydoc_corpus
+
+from tokenyard.benchmarks.perplexity import pydoc_corpus
+from tokenyard.cli import main
 from tokenyard.runtime.quantization import formats
-from tokenyard.runtime.quantization.offline.awq import search_scales
-from tokenyard.runtime.quantization.offline.calibration import (
+from tokenyard.runtime.quantize.awq import search_scales
+from tokenyard.runtime.quantize.calibration import (
     CalibrationBatch,
     calibration_sequences,
     load_float_model,
 )
-from tokenyard.runtime.quantization.offline.checkpoint import dequantize_checkpoint
-from tokenyard.runtime.quantization.offline.gptq import Hessian, gptq
-from tokenyard.runtime.quantization.offline.layers import inputs_seen, layer_linears
-from tokenyard.runtime.quantization.offline.rtn import rtn
-
-from tokenyard.cli import main
+from tokenyard.runtime.quantize.checkpoint import dequantize_checkpoint
+from tokenyard.runtime.quantize.gptq import Hessian, gptq
+from tokenyard.runtime.quantize.layers import inputs_seen, layer_linears
+from tokenyard.runtime.quantize.rtn import rtn
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +132,14 @@ def test_checkpoints_load_in_tokenyard_and_match_transformers_on_their_dequantiz
     checkpoints, method, tmp_path
 ):
     """tokenyard serves the packed checkpoint; transformers runs the float weights it stands for."""
-    from tokenyard.runtime import LLM, SamplingParams
     from transformers import AutoModelForCausalLM
+
+    from tokenyard.runtime import LLM, SamplingParams
 
     from .reference import assert_matches_reference
 
     llm = LLM(str(checkpoints / method), dtype="float32", kv_cache_memory_bytes=4 << 20)
-    assert llm.engine.runner.loaded.quantization == ("awq" if method == "awq" else "gptq")
+    assert llm.engine.executor.runner.loaded.quantization == ("awq" if method == "awq" else "gptq")
     dense = dequantize_checkpoint(checkpoints / method, tmp_path / "dense")
     reference = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch.float32).eval()
     [out] = llm.generate("The quick brown fox", SamplingParams(temperature=0, max_tokens=8, logprobs=2))
@@ -182,7 +183,7 @@ def test_a_group_size_wider_than_a_layer_is_refused(tiny_llama_dir, tmp_path):
 def test_awq_scales_fold_into_their_producers_without_changing_the_float_layer(
     tmp_path, smollm2_tokenizer, calibration_file, kv_heads
 ):
-    from tokenyard.runtime.quantization.offline.awq import fold_scales
+    from tokenyard.runtime.quantize.awq import fold_scales
 
     from .tiny_models import write_hf_model
 

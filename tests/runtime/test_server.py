@@ -10,7 +10,8 @@ import time
 import httpx
 import openai
 import pytest
-from tokenyard.runtime.bench.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
+
+from tokenyard.benchmarks.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
 
 from .server_process import ServerProcess
 

@@ -195,7 +195,7 @@ def failing_steps(tiny_llama_dir):
     """Fault injection (a stand-in: no input reaches a failing step any more, since validation refuses them
     all): the model runner raises whenever a marked prompt is in the batch."""
     with serving(tiny_llama_dir) as (client, engine):
-        runner = engine.engine.runner
+        runner = engine.engine.executor.runner
         execute = runner.execute
         poison = {"armed": True}
 

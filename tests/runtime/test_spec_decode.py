@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+
 from tokenyard.runtime import LLM, EngineConfig, SamplingParams
 from tokenyard.runtime.engine.kv_cache_manager import chain_hash
 from tokenyard.runtime.engine.sequence import Sequence
@@ -28,15 +29,7 @@ REPEATING = [  # prompts whose continuation a lookup can find in themselves
     {"prompt_token_ids": [3] * 6},
     {"prompt_token_ids": list(range(20, 60))},
 ]
-# Verification is under test here, so every step drafts all it can: whether drafts pay at a load is the adaptive
-# policy's business (tests/runtime/test_spec_policy.py), and on these tiny random models they rarely do.
-NGRAM = {
-    "method": "ngram",
-    "num_speculative_tokens": 3,
-    "prompt_lookup_min": 1,
-    "prompt_lookup_max": 3,
-    "adaptive": False,
-}
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,6 @@ def spec_llm(target, draft=None, k: int = 3, draft_dtype: str = "float32", ngram
     spec = {**NGRAM, **(ngram or {})}
     if draft is not None:
         spec = {"method": "draft_model", "num_speculative_tokens": k, "model": str(draft), "dtype": draft_dtype}
-        spec["adaptive"] = False
     return LLM(str(target), speculative_config=spec, **{**SMALL, **settings})
 
 
@@ -305,7 +297,7 @@ def test_recent_outputs_propose_what_most_of_them_continue_with_and_forget_the_o
             r"prompt_lookup_min=4 .*<= prompt_lookup_max \(2\)",
         ),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 3}, r"\['lookahead'\].*made of the keys"),
-        ({"method": "ngram", "num_speculative_tokens": 2, "adaptive": "yes"}, r"adaptive='yes' .*true .*or false"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "adaptive": True}, r"\['adaptive'\].*made of the keys"),
         (
             {"method": "ngram", "num_speculative_tokens": 2, "lookup_recent_outputs": -1},
             r"lookup_recent_outputs=-1 .*integer >= 0",

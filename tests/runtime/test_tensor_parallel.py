@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tokenyard.runtime import LLM, SamplingParams
 
 from .conftest import CLASSIFIER_SYSTEM
@@ -58,7 +59,7 @@ def test_sharded_tiny_models_give_the_unsharded_greedy_tokens(family, tp, overri
         expected = greedy_tokens(single, PROMPTS)
     with engine(model, tp, **TINY) as sharded:
         assert greedy_tokens(sharded, PROMPTS) == expected
-        vocab_rows = sharded.engine.runner.model.embed_tokens.weight.shape[0]
+        vocab_rows = sharded.engine.executor.runner.model.embed_tokens.weight.shape[0]
         assert vocab_rows == -(-overrides.get("vocab_size", 49152) // tp)  # rank 0 holds its shard only
 
 

@@ -29,7 +29,9 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 DRAIN_RETRY_AFTER_SECONDS = "5"
 
 
-def error_response(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(message, error_type(status), param, status), status, headers=headers)
 
 
@@ -95,7 +97,7 @@ class Guard:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.draining = False
-        self._in_flight: dict[asyncio.Task, _Exchange] = {}
+        self._in_flight: dict[asyncio.Task[Any], _Exchange] = {}
 
     @property
     def in_flight(self) -> int:
@@ -236,7 +238,7 @@ class GracefulServer(uvicorn.Server):
         self.guard, self.grace_seconds, self.on_draining = guard, grace_seconds, on_draining
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()

@@ -140,7 +140,7 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict:
+def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -192,7 +192,7 @@ COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def sse_event(payload: dict) -> str:
+def sse_event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 

@@ -8,13 +8,14 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from tokenyard.runtime.models.llama import DecoderLayer, LlamaForCausalLM
 from tokenyard.runtime.quantization.formats import GroupQuantized, dequantize
-from tokenyard.runtime.quantization.offline.awq import awq_layer
-from tokenyard.runtime.quantization.offline.calibration import CalibrationBatch
-from tokenyard.runtime.quantization.offline.gptq import Hessian, gptq
-from tokenyard.runtime.quantization.offline.layers import inputs_seen, layer_linears
-from tokenyard.runtime.quantization.offline.rtn import rtn
+from tokenyard.runtime.quantize.awq import awq_layer
+from tokenyard.runtime.quantize.calibration import CalibrationBatch
+from tokenyard.runtime.quantize.gptq import Hessian, gptq
+from tokenyard.runtime.quantize.layers import inputs_seen, layer_linears
+from tokenyard.runtime.quantize.rtn import rtn
 
 log = logging.getLogger(__name__)
 METHODS = ("rtn", "gptq", "awq")

@@ -4,9 +4,10 @@ rank loaded its own shard, so the two compose), and a tied LM head that follows 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from tokenyard.runtime.layers.linear import Embedding, Linear
 from tokenyard.runtime.quantization.groups import quantize_int4, quantize_int8_per_channel
-from torch import nn
 
 
 def quantize_linears(model: nn.Module, method: str, group_size: int) -> None:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
-from tokenyard.runtime.loaders import hf, resolve_model
-from tokenyard.runtime.loaders.export import export_gguf_to_hf
-from tokenyard.runtime.loaders.weights import _fill
-from tokenyard.runtime.models.llama import DecoderLayer, LlamaForCausalLM
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+import tokenyard.runtime.loaders.hf as hf
+from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
+from tokenyard.runtime.loaders.export import export_gguf_to_hf
+from tokenyard.runtime.loaders.resolve import resolve_model
+from tokenyard.runtime.loaders.weights import fill_weights
+from tokenyard.runtime.models.llama import DecoderLayer, LlamaForCausalLM
 
 
 @dataclass
@@ -39,7 +41,7 @@ def load_float_model(model: str, workdir: Path | None = None) -> FloatModel:
     finally:
         torch.set_default_dtype(previous)
     # load_model would pack the linears for oneDNN; the algorithms need plain weight matrices
-    _fill(llama, hf.iter_weights(directory))
+    fill_weights(llama, hf.iter_weights(directory))
     return FloatModel(llama.eval(), AutoTokenizer.from_pretrained(str(directory)), directory)
 
 

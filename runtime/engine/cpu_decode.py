@@ -15,6 +15,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+
 from tokenyard.runtime.kernels import kernels_for
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
 from tokenyard.runtime.layers.linear import Linear
@@ -34,7 +35,7 @@ def _projection(ops: ModuleType, linear: Linear) -> object:
 class CpuDecodePath:
     def __init__(self, model: LlamaForCausalLM, ops: ModuleType) -> None:
         self.model = model
-        attention = model.layers[0].self_attn
+        attention = model.decoder_layers[0].self_attn
         layers = [
             ops.Layer(
                 input_norm=layer.input_layernorm.weight,
@@ -44,7 +45,7 @@ class CpuDecodePath:
                 gate_up=_projection(ops, layer.mlp.gate_up_proj),
                 down=_projection(ops, layer.mlp.down_proj),
             )
-            for layer in model.layers
+            for layer in model.decoder_layers
         ]
         self.layers = ops.DecodeLayers(
             layers,
@@ -53,7 +54,7 @@ class CpuDecodePath:
             kv_heads=attention.num_kv_heads,
             head_dim=attention.head_dim,
             scale=attention.scale,
-            eps=model.layers[0].input_layernorm.eps,
+            eps=model.decoder_layers[0].input_layernorm.eps,
         )
 
     @classmethod
@@ -61,12 +62,15 @@ class CpuDecodePath:
         """The path for a loaded model, or None where it cannot serve (then the modules serve every step)."""
         if not isinstance(model, LlamaForCausalLM) or backend.kv_cache_dtype != "auto":
             return None
-        if model.layers[0].self_attn.o_proj.tp.size > 1:  # the group the model was built for
+        first = model.decoder_layers[0]
+        if first.self_attn.o_proj.tp.size > 1:  # the group the model was built for
             return None
-        weight = model.layers[0].input_layernorm.weight
+        weight = first.input_layernorm.weight
         ops = kernels_for(weight)
         norms = [model.norm.weight] + [
-            norm.weight for layer in model.layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)
+            norm.weight
+            for layer in model.decoder_layers
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm)
         ]
         if ops is None or model.config.head_dim % 16 or any(n.dtype != weight.dtype for n in norms):
             return None
@@ -76,13 +80,15 @@ class CpuDecodePath:
     def serves(meta: AttentionMetadata) -> bool:
         """Whether the attention kernels read this step's context from the cache in place: a few rows that
         decode, or decode and verify their drafts (short chunks)."""
-        state = meta.backend_state
-        return state.get("decode_in_place") is not None or state.get("chunks") is not None
+        return meta.plan is not None and meta.plan.cache_context is not None
 
     def __call__(
         self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor], meta: AttentionMetadata
     ) -> torch.Tensor:
-        state = meta.backend_state
-        context = state["decode_in_place"] if state["decode_in_place"] is not None else state["chunks"]
+        if meta.plan is None:
+            raise ValueError("the attention backend has not prepared this step (see serves)")
         cos, sin = self.model.rotary.angles(positions)
-        return self.layers.forward(self.model.embed_tokens(input_ids), cos, sin, kv_caches, meta.slot_mapping, context)
+        hidden: torch.Tensor = self.layers.forward(
+            self.model.embed_tokens(input_ids), cos, sin, kv_caches, meta.slot_mapping, meta.plan.cache_context
+        )
+        return hidden

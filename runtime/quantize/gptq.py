@@ -5,8 +5,9 @@ squared output error, H = 2 X X^T over the calibration inputs X of that linear."
 from __future__ import annotations
 
 import torch
+
 from tokenyard.runtime.quantization.formats import GroupQuantized
-from tokenyard.runtime.quantization.offline.rtn import grid, num_groups, quantize_codes
+from tokenyard.runtime.quantize.rtn import grid, num_groups, quantize_codes
 
 BLOCK_SIZE = 128  # columns whose updates are applied lazily together (the paper's batching)
 

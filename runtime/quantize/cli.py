@@ -8,9 +8,11 @@ import logging
 import time
 from pathlib import Path
 
-from tokenyard.runtime.config import DEFAULT_MODEL, require
+from tokenyard.runtime.config import DEFAULT_MODEL
 from tokenyard.runtime.quantization.formats import AWQ_BITS
-from tokenyard.runtime.quantization.offline.pipeline import METHODS, QuantizeSettings
+from tokenyard.runtime.quantize.pipeline import METHODS, QuantizeSettings
+from tokenyard.runtime.quantize.quantize import quantize
+from tokenyard.runtime.validation import require
 
 log = logging.getLogger(__name__)
 BITS = (4, 8)
@@ -59,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    from tokenyard.runtime.quantization.offline.quantize import quantize
-
     start = time.perf_counter()
     try:
         out = quantize(

@@ -18,12 +18,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from tokenyard.runtime.config import EngineConfig, require
+
+from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.distributed import transport
 from tokenyard.runtime.distributed.group import TensorParallel, building, current
+from tokenyard.runtime.executor.worker import worker_main
+from tokenyard.runtime.validation import require
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +61,17 @@ class TensorParallelWorkers:
                 "a tensor-parallel engine is already running in this process: shut it down first (LLM.shutdown())"
             )
         if device.type == "cpu" and config.num_threads is None:  # the ranks share the cores
-            config = dataclasses.replace(config, num_threads=max(torch.get_num_threads() // size, 1))
-            torch.set_num_threads(config.num_threads)
+            threads = max(torch.get_num_threads() // size, 1)
+            config = dataclasses.replace(config, num_threads=threads)
+            torch.set_num_threads(threads)
         self.tp = TensorParallel(0, size)
         self.device = device
         self.init_method = f"tcp://127.0.0.1:{_free_port()}"
-        self.processes: list[multiprocessing.Process] = []
+        self.processes: list[BaseProcess] = []
         self.commands: list[Connection] = []
         self.replies: list[Connection] = []
         self._closing = False
         spawn = multiprocessing.get_context("spawn")  # fork would copy torch's threads and this process's state
-        from tokenyard.runtime.distributed.worker import worker_main  # it imports the runner, which imports us
-
         for rank in range(1, size):
             commands_in, commands_out = spawn.Pipe(duplex=False)
             replies_in, replies_out = spawn.Pipe(duplex=False)
@@ -103,7 +107,7 @@ class TensorParallelWorkers:
         """Every rank measures how many KV blocks it can hold (together: on GPU that runs a forward pass);
         all allocate the fewest, so one block table serves every rank."""
         self._send("kv_blocks_that_fit", reply=True)
-        num_blocks = min(fit_here(), *self._replies())
+        num_blocks: int = min(fit_here(), *self._replies())
         self._send("allocate_kv_cache", num_blocks, reply=True)
         self._replies()
         return num_blocks
@@ -113,7 +117,7 @@ class TensorParallelWorkers:
         for commands in self.commands:
             commands.send_bytes(data)
 
-    def _replies(self) -> list[object]:
+    def _replies(self) -> list[Any]:
         return [replies.recv() for replies in self.replies]
 
     def _watch(self) -> None:
@@ -147,4 +151,5 @@ class TensorParallelWorkers:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port

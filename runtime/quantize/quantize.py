@@ -7,10 +7,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenyard.runtime.quantization.offline.calibration import calibration_sequences, load_float_model
-from tokenyard.runtime.quantization.offline.checkpoint import checkpoint_format, write_checkpoint
-from tokenyard.runtime.quantization.offline.layers import layer_linears
-from tokenyard.runtime.quantization.offline.pipeline import QuantizeSettings, quantize_model
+
+from tokenyard.runtime.quantize.calibration import calibration_sequences, load_float_model
+from tokenyard.runtime.quantize.checkpoint import checkpoint_format, write_checkpoint
+from tokenyard.runtime.quantize.layers import layer_linears
+from tokenyard.runtime.quantize.pipeline import QuantizeSettings, quantize_model
 
 log = logging.getLogger(__name__)
 

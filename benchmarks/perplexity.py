@@ -17,9 +17,11 @@ import re
 from dataclasses import dataclass
 
 import torch
-from tokenyard.runtime.config import EngineConfig, require
+
+from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.engine.model_runner import ModelRunner, StepInputs
 from tokenyard.runtime.layers.attention import AttentionMetadata
+from tokenyard.runtime.validation import require
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def load_runner(model: str, window: int, **engine_args: object) -> ModelRunner:
     """A model runner with a KV cache that holds one window (float32 unless ``dtype`` says otherwise)."""
     config = EngineConfig(model=model, **{"dtype": "float32", "kv_cache_memory_bytes": 64 << 20, **engine_args})
     runner = ModelRunner(config)
-    blocks = runner.allocate_kv_cache()
+    blocks = runner.kv_blocks_that_fit()
+    runner.allocate_kv_cache(blocks)
     require(
         blocks * runner.block_size >= window,
         "kv_cache_memory_bytes",

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from multiprocessing.connection import Connection
+from typing import cast
 
 from tokenyard.runtime.config import EngineConfig
 from tokenyard.runtime.distributed import transport
@@ -44,7 +45,7 @@ def serve(runner: ModelRunner, commands: Connection, replies: Connection) -> Non
             data = commands.recv_bytes()
         except EOFError:
             return
-        method, args, reply = transport.loads(data, runner.device)
+        method, args, reply = cast(tuple[str, tuple[object, ...], bool], transport.loads(data, runner.device))
         result = getattr(runner, method)(*args)
         if reply:
             replies.send(result)

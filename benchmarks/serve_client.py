@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
-from tokenyard.runtime.bench.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
 from tqdm import tqdm
+
+from tokenyard.benchmarks.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
 
 _WORDS = [
     "time",

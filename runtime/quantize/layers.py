@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+
 from tokenyard.runtime.layers.linear import Linear
 from tokenyard.runtime.models.llama import DecoderLayer
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
 from tokenyard.runtime.layers.linear import MergedLinear
 from tokenyard.runtime.quantization import formats
 from tokenyard.runtime.quantization.formats import GroupQuantized
-from tokenyard.runtime.quantization.offline.calibration import FloatModel
-from tokenyard.runtime.quantization.offline.pipeline import QuantizeSettings
+from tokenyard.runtime.quantize.calibration import FloatModel
+from tokenyard.runtime.quantize.pipeline import QuantizeSettings
 
 # our fused modules -> the checkpoint's separate projections, in row order
 _PARTS = {
@@ -75,7 +76,7 @@ def _parts(name: str, linear: torch.nn.Module) -> list[tuple[str, slice]]:
     if not isinstance(linear, MergedLinear):
         return [(name, slice(None))]
     layer, _, path = name.partition(".")[2].partition(".")
-    return [(f"layers.{layer}.{part}", linear._rows(i)) for i, part in enumerate(_PARTS[path])]
+    return [(f"layers.{layer}.{part}", linear.part_slice(i)) for i, part in enumerate(_PARTS[path])]
 
 
 def dequantize_checkpoint(directory: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tokenyard.runtime.bench import serve
+from tokenyard.benchmarks import serve_client
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
-    serve.add_arguments(kinds.add_parser("serve", help="benchmark an OpenAI-compatible server, like vllm bench serve"))
+    serve = kinds.add_parser("serve", help="benchmark an OpenAI-compatible server, like vllm bench serve")
+    serve_client.add_arguments(serve)
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve.run(args)
+    return serve_client.run(args)

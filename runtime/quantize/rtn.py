@@ -4,6 +4,7 @@ GPTQ and AWQ are measured against."""
 from __future__ import annotations
 
 import torch
+
 from tokenyard.runtime.quantization.formats import GroupQuantized
 
 

@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from tokenyard.runtime.layers.linear import Linear
 from tokenyard.runtime.models.llama import DecoderLayer
 from tokenyard.runtime.quantization.formats import GroupQuantized, dequantize
-from tokenyard.runtime.quantization.offline.calibration import CalibrationBatch
-from tokenyard.runtime.quantization.offline.layers import input_of, inputs_seen, layer_linears
-from tokenyard.runtime.quantization.offline.rtn import num_groups, rtn
+from tokenyard.runtime.quantize.calibration import CalibrationBatch
+from tokenyard.runtime.quantize.layers import input_of, inputs_seen, layer_linears
+from tokenyard.runtime.quantize.rtn import num_groups, rtn
 
 GRID = 20  # alphas 0, 0.05, ..., 0.95, as AutoAWQ searches
 CLIP_RATIOS = 1 - torch.arange(10) / 20  # fractions of each group's range tried: 1, 0.95, ..., 0.55
@@ -36,7 +37,7 @@ def awq_layer(
         weight = linear.weight.data
         # the query and key rows are left unclipped: their error passes through the softmax, which a
         # linear's own output error does not see (AutoAWQ skips them too)
-        rows = qkv._rows(2) if linear is qkv else slice(None)
+        rows = qkv.part_slice(2) if linear is qkv else slice(None)
         weight[rows] = clip(weight[rows], inputs[name], bits, group_size)
         quantized[name] = rtn(weight, bits, group_size)
         linear.weight.data = dequantize(quantized[name])
@@ -55,13 +56,13 @@ def fold_scales(layer: DecoderLayer, x: torch.Tensor, batch: CalibrationBatch, b
     scale_inputs(qkv, normed, attention, [layer.input_layernorm.weight.data], bits, group_size)
     if attn.num_heads == attn.num_kv_heads:  # with grouped KV heads one v row feeds several o_proj columns
         o_input = input_of(attn.o_proj, lambda: attention(layer.input_layernorm(x)))
-        v_rows = qkv.weight.data[qkv._rows(2)]
+        v_rows = qkv.weight.data[qkv.part_slice(2)]
         scale_inputs(attn.o_proj, o_input, attn.o_proj, [v_rows, *_bias_rows(qkv, 2)], bits, group_size)
     hidden = x + attention(layer.input_layernorm(x))
     normed = layer.post_attention_layernorm(hidden)
     scale_inputs(gate_up, normed, mlp, [layer.post_attention_layernorm.weight.data], bits, group_size)
     down_input = input_of(mlp.down_proj, lambda: mlp(layer.post_attention_layernorm(hidden)))
-    up_rows = gate_up.weight.data[gate_up._rows(1)]
+    up_rows = gate_up.weight.data[gate_up.part_slice(1)]
     scale_inputs(mlp.down_proj, down_input, mlp.down_proj, [up_rows], bits, group_size)
 
 
@@ -106,7 +107,7 @@ def search_scales(
 
 
 def _bias_rows(linear: Linear, part: int) -> list[torch.Tensor]:
-    return [] if linear.bias is None else [linear.bias.data[linear._rows(part)]]
+    return [] if linear.bias is None else [linear.bias.data[linear.part_slice(part)]]
 
 
 @torch.no_grad()
