@@ -36,8 +36,8 @@ COPY benchmarks/ benchmarks/
 # hadolint ignore=DL3013
 RUN if [ "${WITH_LOCAL_EMBEDDINGS}" = true ]; then pip install ".[gateway,embeddings]"; else pip install ".[gateway]"; fi \
  && pip check
-# Checks run from /, not /src: with /src as the working directory, `python -c` would import its operator/
-# folder in place of the standard library's operator module.
+# Checks run from /, not /src: with /src as the working directory, `python -c` would import the copied source's
+# tokenyard/ and check it instead of the package pip installed.
 WORKDIR /
 # Fail the build, not the pod: the app imports; the embedder's model is on disk and torch is the CPU build, or
 # (without it) no torch at all.

@@ -23,8 +23,8 @@ COPY benchmarks/ benchmarks/
 # The project's own ranges (pyproject.toml) decide its dependencies; there is no lock file to pin them to.
 # hadolint ignore=DL3013
 RUN pip install ".[operator]" && pip check
-# Checks run from /, not /src: with /src as the working directory, `python -c` would import its operator/
-# folder in place of the standard library's operator module.
+# Checks run from /, not /src: with /src as the working directory, `python -c` would import the copied source's
+# tokenyard/ and check it instead of the package pip installed.
 WORKDIR /
 # Fail the build if torch ever creeps in through a dependency, or if a module of the operator needs something
 # its extra does not install.

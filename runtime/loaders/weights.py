@@ -54,31 +54,11 @@ def load_model(
     quantization: str | None = None,
     quantization_group_size: int = 128,
 ) -> LoadedModel:
-    if source.format == "gguf":
-        reader = gguf.open_gguf(source.path)
-        config, native_dtype = gguf.read_config(reader), None
-        quantization = resolve_quantization(quantization, "gguf", None, dtype, current().size)
-        weights: Iterable[tuple[str, torch.Tensor | AffineGroups]] = gguf.iter_weights(
-            reader, config, packed=quantization == "gguf"
-        )
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
-    else:
-        config, native_dtype = hf.read_config(source.path)
-        checkpoint_quantization = hf.read_quantization(source.path)
-        quantization = resolve_quantization(quantization, "hf", checkpoint_quantization, dtype, current().size)
-        weights = hf.iter_weights(source.path, checkpoint_quantization)
-        tokenizer = AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=False)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in config.eos_token_ids:
-        config.eos_token_ids.append(tokenizer.eos_token_id)
-    torch_dtype = resolve_dtype(dtype, native_dtype, device)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config, backend)
-    finally:
-        torch.set_default_dtype(previous)
-    fill_weights(model, weights)
+    checkpoint = open_checkpoint(source, quantization, dtype)
+    config, quantization = checkpoint.config, checkpoint.quantization
+    torch_dtype = resolve_dtype(dtype, checkpoint.native_dtype, device)
+    model = build_model(config, torch_dtype, device, backend)
+    fill_weights(model, checkpoint.weights)
     if quantization in FROM_FLOAT:
         quantize_linears(model, quantization, quantization_group_size)
     tie_lm_head_to_quantized_embedding(model)
@@ -89,14 +69,53 @@ def load_model(
                 module.pack_for_cpu()
     log.info(
         "loaded %s (%s, %s, quantization %s, %.0f MiB of weights) on %s",
-        source.name,
-        source.format,
-        torch_dtype,
-        quantization,
-        weights_bytes / 2**20,
-        device,
+        *(source.name, source.format, torch_dtype, quantization, weights_bytes / 2**20, device),
     )
-    return LoadedModel(model.eval(), config, tokenizer, torch_dtype, source, weights_bytes, quantization)
+    return LoadedModel(model.eval(), config, checkpoint.tokenizer, torch_dtype, source, weights_bytes, quantization)
+
+
+@dataclass
+class Checkpoint:
+    """What a model's files hold, read but not yet loaded: ``weights`` streams the tensors."""
+
+    config: LlamaConfig
+    native_dtype: torch.dtype | None  # the checkpoint's own float dtype (None: GGUF, whose tensors vary)
+    quantization: str | None  # the method to serve with, the flag checked against the files
+    weights: Iterable[tuple[str, torch.Tensor | AffineGroups]]
+    tokenizer: PreTrainedTokenizerBase
+
+
+def open_checkpoint(source: ModelSource, quantization: str | None, dtype: str) -> Checkpoint:
+    if source.format == "gguf":
+        reader = gguf.open_gguf(source.path)
+        config = gguf.read_config(reader)
+        quantization = resolve_quantization(quantization, "gguf", None, dtype, current().size)
+        weights = gguf.iter_weights(reader, config, packed=quantization == "gguf")
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+        checkpoint = Checkpoint(config, None, quantization, weights, tokenizer)
+    else:
+        config, native_dtype = hf.read_config(source.path)
+        in_checkpoint = hf.read_quantization(source.path)
+        quantization = resolve_quantization(quantization, "hf", in_checkpoint, dtype, current().size)
+        weights = hf.iter_weights(source.path, in_checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=False)
+        checkpoint = Checkpoint(config, native_dtype, quantization, weights, tokenizer)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in config.eos_token_ids:
+        config.eos_token_ids.append(tokenizer.eos_token_id)
+    return checkpoint
+
+
+def build_model(
+    config: LlamaConfig, dtype: torch.dtype, device: torch.device, backend: AttentionBackend
+) -> LlamaForCausalLM:
+    """The model's modules, their parameters allocated on ``device`` in ``dtype`` (filled later)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(config, backend)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -> torch.dtype:

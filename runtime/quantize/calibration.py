@@ -14,7 +14,7 @@ import tokenyard.runtime.loaders.hf as hf
 from tokenyard.runtime.layers.attention import AttentionMetadata, TorchAttentionBackend
 from tokenyard.runtime.loaders.export import export_gguf_to_hf
 from tokenyard.runtime.loaders.resolve import resolve_model
-from tokenyard.runtime.loaders.weights import fill_weights
+from tokenyard.runtime.loaders.weights import build_model, fill_weights
 from tokenyard.runtime.models.llama import DecoderLayer, LlamaForCausalLM
 
 
@@ -34,12 +34,7 @@ def load_float_model(model: str, workdir: Path | None = None) -> FloatModel:
         workdir = workdir or Path(tempfile.mkdtemp(prefix="tokenyard-quantize-"))
         directory = export_gguf_to_hf(source.path, workdir / "float32", dtype=torch.float32)
     config, _ = hf.read_config(directory)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        llama = LlamaForCausalLM(config, TorchAttentionBackend())
-    finally:
-        torch.set_default_dtype(previous)
+    llama = build_model(config, torch.float32, torch.device("cpu"), TorchAttentionBackend())
     # load_model would pack the linears for oneDNN; the algorithms need plain weight matrices
     fill_weights(llama, hf.iter_weights(directory))
     return FloatModel(llama.eval(), AutoTokenizer.from_pretrained(str(directory)), directory)

@@ -193,10 +193,10 @@ def test_streams_still_open_when_the_grace_period_ends_get_an_error_event(tiny_l
 @pytest.fixture
 def failing_steps(tiny_llama_dir):
     """Fault injection (a stand-in: no input reaches a failing step any more, since validation refuses them
-    all): the model runner raises whenever a marked prompt is in the batch."""
+    all): the executor raises whenever a marked prompt is in the batch."""
     with serving(tiny_llama_dir) as (client, engine):
-        runner = engine.engine.executor.runner
-        execute = runner.execute
+        executor = engine.engine.executor
+        execute = executor.execute
         poison = {"armed": True}
 
         def execute_or_fail(batch, rows):
@@ -204,9 +204,9 @@ def failing_steps(tiny_llama_dir):
                 raise RuntimeError("injected kernel failure")
             return execute(batch, rows)
 
-        runner.execute = execute_or_fail
+        executor.execute = execute_or_fail
         yield client, engine, poison
-        runner.execute = execute
+        executor.execute = execute
 
 
 def test_a_failing_step_fails_its_requests_with_500_and_the_engine_serves_on(failing_steps):
