@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.report import cpu_description, write_section
 from tokenyard.benchmarks.workloads import classifier_conversations
 from tokenyard.runtime import LLM, SamplingParams
 from tokenyard.runtime.loaders import packaged_model_path
@@ -221,7 +220,7 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         "Both sides run the same weights: the packaged Q4_1 GGUF dequantized; transformers reads them from a",
         "dense Hugging Face export (`tokenyard.runtime.loaders.export`), as a transformers user would.",
         "",
-        f"Machine: {platform.machine()}, {args.threads} torch threads, torch {torch.__version__}. "
+        f"Machine: {cpu_description()}; {args.threads} torch threads, torch {torch.__version__}. "
         f"Classifier workload: a {OUTPUT_TOKENS}-token answer (EOS ignored on both sides so the work is equal) "
         "to a ~460-token chat prompt (a ~450-token system prompt shared by all requests + a 30-60-token user turn).",
         "",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from pathlib import Path
 
@@ -9,6 +11,21 @@ HEADER = (
     "# Benchmarks\n\nWritten by `make bench`. Every figure is measured in the same run, on the same machine, next "
     "to its baseline;\nonly the ratios are meant to travel between machines.\n"
 )
+
+
+# The instruction sets the CPU kernels and oneDNN choose between: figures differ by them, so each is written down.
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_description() -> str:
+    """The CPU's model name, its core count and the CPU_FLAGS it has, as read from /proc/cpuinfo."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    present = [flag for flag in CPU_FLAGS if flag in flags] or ["none of " + ", ".join(CPU_FLAGS)]
+    name = model.group(1).strip() if model else platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores, flags {' '.join(present)}"
 
 
 def write_section(path: Path, name: str, markdown: str) -> None:

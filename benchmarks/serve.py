@@ -20,7 +20,7 @@ import httpx
 import torch
 
 from tokenyard.benchmarks import serve_client as bench
-from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.report import cpu_description, write_section
 from tokenyard.benchmarks.workloads import CLASSIFIER_SYSTEM_PROMPT, classifier_user_turns
 from tokenyard.runtime import LLM, SamplingParams
 
@@ -95,7 +95,7 @@ def render(summary: dict, offline: float, args: argparse.Namespace) -> str:
         "## Server: `tokenyard bench serve` against `tokenyard serve`, SmolLM2-135M, CPU",
         "",
         f"Classifier workload ({args.requests} requests, a ~450-token shared system prompt, 50 output tokens, "
-        f"EOS ignored), max concurrency 16, default dtype (bfloat16), {os.cpu_count()} cores shared by the "
+        f"EOS ignored), max concurrency 16, default dtype (bfloat16). Machine: {cpu_description()}, shared by the "
         "server and the load generator. Baseline: the offline engine (`LLM.chat`, max_num_seqs=16) on the same "
         "requests in the same run.",
         "",

@@ -35,6 +35,7 @@ class Executor:
         self.runner.allocate_kv_cache(num_blocks)
         return num_blocks
 
+    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, rows: list[SamplingRow]) -> list[list[Sampled]]:
         """One step: every rank runs the forward pass on its shard; this one samples (see ModelRunner.sample)."""
         inputs = self.runner.prepare(batch)
