@@ -94,8 +94,10 @@ class InputProcessor:
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if self._backend is not None:
-            return list(self._backend.encode(text, add_special_tokens=add_special_tokens).ids)
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+            ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        else:
+            ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return ids
 
     def checked(self, prompt: TokenizedPrompt) -> TokenizedPrompt:
         ids = prompt.token_ids
