@@ -57,8 +57,13 @@ class LLM:
             except ValueError as error:
                 raise ValueError(f"prompt {index}: {error}") from None
         request_ids = [f"offline-{next(self._ids)}" for _ in prompts]
-        for request_id, prompt, p in zip(request_ids, tokenized, params, strict=True):
-            self.engine.add_request(request_id, prompt, p)
+        for index, (request_id, prompt, p) in enumerate(zip(request_ids, tokenized, params, strict=True)):
+            try:
+                self.engine.add_request(request_id, prompt, p)
+            except ValueError as error:  # e.g. a constraint that does not compile: nothing of this call runs
+                for added in request_ids[:index]:
+                    self.engine.abort_request(added)
+                raise ValueError(f"prompt {index}: {error}") from None
         return self._run(request_ids)
 
     def chat(

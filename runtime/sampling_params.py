@@ -2,13 +2,87 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from tokenyard.runtime.validation import require
+from tokenyard.runtime.validation import InvalidValue, require
 
 MAX_LOGPROBS = 20
 GREEDY_BELOW_TEMPERATURE = 1e-5  # as vLLM: dividing logits by less overflows, and the argmax is what it means
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """One constraint on the answer's text, as vLLM's ``structured_outputs`` names them: a JSON Schema (``json``, a
+    dict or its JSON text), any JSON object (``json_object=True``), a ``regex``, one of a ``choice`` of strings, or
+    a Lark / GBNF ``grammar``. The checks here need no tokenizer; compiling (structured_output/) checks the rest."""
+
+    json: dict[str, Any] | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def __post_init__(self) -> None:
+        given = [f.name for f in fields(self) if getattr(self, f.name) not in (None, False)]
+        require(
+            len(given) == 1,
+            "structured_outputs",
+            given or None,
+            "exactly one of json, regex, choice, grammar, json_object",
+        )
+        if isinstance(self.json, str):
+            try:
+                object.__setattr__(self, "json", json.loads(self.json))
+            except ValueError as error:
+                raise InvalidValue("structured_outputs.json", self.json[:200], f"a JSON Schema ({error})") from None
+        require(
+            self.json is None or isinstance(self.json, dict),
+            "structured_outputs.json",
+            self.json,
+            "a JSON Schema object",
+        )
+        require(
+            self.regex is None or (isinstance(self.regex, str) and self.regex),
+            "structured_outputs.regex",
+            self.regex,
+            "a non-empty regular expression",
+        )
+        require(
+            self.grammar is None or (isinstance(self.grammar, str) and self.grammar.strip()),
+            "structured_outputs.grammar",
+            self.grammar,
+            "a non-empty Lark or GBNF grammar",
+        )
+        if self.choice is not None:
+            require(
+                isinstance(self.choice, list) and len(self.choice) > 0,
+                "structured_outputs.choice",
+                self.choice,
+                "a non-empty list of strings",
+            )
+            require(
+                all(isinstance(c, str) and c for c in self.choice),
+                "structured_outputs.choice",
+                self.choice,
+                "non-empty strings",
+            )
+        require(
+            self.json_object in (None, True), "structured_outputs.json_object", self.json_object, "true (or absent)"
+        )
+
+    @property
+    def kind(self) -> str:
+        """Which constraint this is: json, json_object, regex, choice or grammar (a metrics label)."""
+        return next(f.name for f in fields(self) if getattr(self, f.name) not in (None, False))
+
+    @property
+    def key(self) -> str:
+        """The same text for the same constraint, whatever the order of a schema's keys (the compiled-grammar cache's
+        key)."""
+        return self.kind + ":" + json.dumps(getattr(self, self.kind), sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -30,6 +104,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per token besides the chosen one
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit, in [-100, 100]
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # a dict of its fields is taken too
 
     @property
     def stop_strings(self) -> list[str]:
@@ -69,6 +144,17 @@ class SamplingParams:
         )
         if self.top_k == -1:
             self.top_k = 0
+        if isinstance(self.structured_outputs, dict):
+            names = {f.name for f in fields(StructuredOutputsParams)}
+            unknown = sorted(set(self.structured_outputs) - names)
+            require(not unknown, "structured_outputs", unknown, f"keys among {sorted(names)}")
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        require(
+            self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+            "structured_outputs",
+            self.structured_outputs,
+            "a StructuredOutputsParams (or a dict of its fields)",
+        )
 
     @property
     def greedy(self) -> bool:

@@ -22,6 +22,7 @@ from tokenyard.runtime.layers.sampler import Sampled, SamplingRow
 from tokenyard.runtime.outputs import CompletionOutput, RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
 from tokenyard.runtime.spec_decode.proposer import SpecDecodeStats, Speculator
+from tokenyard.runtime.structured_output import StructuredOutputs
 from tokenyard.runtime.validation import require
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class LLMEngine:
                 f"of max_model_len={self.max_model_len}: raise the memory budget or lower max_model_len"
             )
         self.inputs = InputProcessor(self.tokenizer, self.model_config.vocab_size, self.max_model_len)
+        self.structured_outputs = StructuredOutputs(self.tokenizer, self.model_config.vocab_size)
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.kv_cache)
         self._requests: dict[str, _Request] = {}
@@ -103,6 +105,7 @@ class LLMEngine:
         )
         if arrival_time is not None:  # time.monotonic() when the request reached the server
             seq.arrival_time = arrival_time
+        self.structured_outputs.start(seq)
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop_strings, params.skip_special_tokens)
         self._requests[request_id] = _Request(seq, detokenizer)
         self.scheduler.add(seq)
@@ -157,12 +160,15 @@ class LLMEngine:
     def _step(self) -> list[RequestOutput]:
         if self.speculator is not None:
             self.speculator.propose(self.scheduler)
+            self.structured_outputs.prune_drafts([*self.scheduler.running, *self.scheduler.waiting])
         batch = self.scheduler.schedule()
         if not batch:
             return []
         self._stepping = list(batch.seqs)
         finishing = [s for s, n in batch.items() if s.num_computed_tokens + n >= s.num_tokens]
-        sampled = self.executor.execute(batch, [self._sampling_row(s) for s in finishing])
+        allowed, grammar_failed = self.structured_outputs.allowed_tokens(finishing)
+        rows = [self._sampling_row(seq, mask) for seq, mask in zip(finishing, allowed, strict=True)]
+        sampled = self.executor.execute(batch, rows)
         results = dict(zip(finishing, sampled, strict=True))
         now = time.monotonic()
         outputs = []
@@ -173,7 +179,10 @@ class LLMEngine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 self.num_prompt_tokens += len(seq.prompt_token_ids)
-            self._accept(seq, num_tokens, results[seq])
+            if seq in grammar_failed:  # its token was sampled without the mask: drop it, end the request
+                self.scheduler.finish(seq, "error", grammar_failed[seq])
+            else:
+                self._accept(seq, num_tokens, results[seq])
             outputs.append(self._output(seq))
             if seq.is_finished:
                 self._requests.pop(seq.request_id, None)
@@ -193,6 +202,9 @@ class LLMEngine:
             seq.append_token(result.token_id, result.logprobs)
             self.num_generation_tokens += 1
             finish = self._finish_reason(seq, result.token_id)
+            completed = seq.grammar is not None and self.structured_outputs.accept(seq, result.token_id)
+            if completed and (finish is None or finish[0] == "length"):  # nothing but the end may follow
+                finish = ("stop", None)
             if finish is not None:
                 break
         computed = num_scheduled - (num_drafts - num_accepted)
@@ -213,7 +225,7 @@ class LLMEngine:
             return "length", None
         return None
 
-    def _sampling_row(self, seq: Sequence) -> SamplingRow:
+    def _sampling_row(self, seq: Sequence, allowed_tokens: torch.Tensor | None) -> SamplingRow:
         banned: list[int] = []
         if len(seq.output_token_ids) < seq.params.min_tokens:
             banned = list(seq.params.stop_token_ids) + (
@@ -227,6 +239,7 @@ class LLMEngine:
             banned,
             seq.draft_token_ids,
             seq.draft_probs,
+            allowed_tokens,
         )
 
     def _generator(self, params: SamplingParams) -> torch.Generator | None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from tokenyard.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 class Status(enum.Enum):
@@ -42,6 +46,9 @@ class Sequence:
     # model's probabilities for them ((drafts, vocab)), None for point-mass proposals.
     draft_token_ids: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
+    # Structured output: the matcher of the request's constraint, advanced by every token it keeps (so it
+    # survives preemption and recompute); None for a free request.
+    grammar: LLMatcher | None = None
 
     @property
     def num_tokens(self) -> int:

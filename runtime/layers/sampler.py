@@ -21,6 +21,9 @@ class SamplingRow:
     # for them ((drafts, vocab); None: each proposal is a point mass, as n-gram lookups are).
     draft_token_ids: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
+    # Structured output: (1 + len(draft_token_ids), vocab) booleans, the tokens the request's grammar allows at
+    # each position; None for a free request.
+    allowed_tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -49,8 +52,11 @@ def raw_logprobs_if_wanted(logits: torch.Tensor, rows: list[SamplingRow]) -> tor
 
 
 def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """Penalties, logit biases and banned tokens applied, on a copy when anything changes."""
-    if any(row.params.uses_penalties or row.params.logit_bias or row.banned_token_ids for row in rows):
+    """Penalties, logit biases, banned tokens and the grammar's mask applied, on a copy when anything changes."""
+    if any(
+        row.params.uses_penalties or row.params.logit_bias or row.banned_token_ids or row.allowed_tokens is not None
+        for row in rows
+    ):
         logits = logits.clone()
     for i, row in enumerate(rows):
         if row.params.uses_penalties:
@@ -61,6 +67,8 @@ def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
             logits[i].index_add_(0, ids, biases)
         if row.banned_token_ids:
             logits[i, row.banned_token_ids] = float("-inf")
+        if row.allowed_tokens is not None:
+            logits[i].masked_fill_(~row.allowed_tokens[0].to(logits.device, non_blocking=True), float("-inf"))
     return logits
 
 

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from tokenyard.runtime.engine.inputs import PromptTooLong, TokenizedPrompt
 from tokenyard.runtime.outputs import RequestOutput
-from tokenyard.runtime.sampling_params import SamplingParams
+from tokenyard.runtime.sampling_params import SamplingParams, StructuredOutputsParams
 from tokenyard.runtime.server.async_engine import (
     AsyncEngine,
     EngineDead,
@@ -29,6 +29,8 @@ from tokenyard.runtime.server.async_engine import (
     yield_to_the_event_loop,
 )
 from tokenyard.runtime.server.formats import ChatFormat, CompletionFormat, ResponseFormat
+from tokenyard.runtime.structured_output.grammars import COMPILE_SECONDS
+from tokenyard.runtime.validation import InvalidValue
 from tokenyard.wire.asgi import install_error_handlers
 from tokenyard.wire.openai import (
     COMPLETION_RESPONSES,
@@ -36,6 +38,7 @@ from tokenyard.wire.openai import (
     SSE_DONE,
     ChatCompletionRequest,
     CompletionRequest,
+    Constraint,
     SamplingFields,
     error_body,
     error_type,
@@ -204,6 +207,7 @@ def sampling_params(engine: AsyncEngine, body: SamplingFields, prompt_len: int, 
             max_tokens=body.max_tokens,
             min_tokens=body.min_tokens,
             logprobs=logprobs,
+            structured_outputs=structured_outputs(body.constraint()),
         )
         engine.inputs.check_params(params)
         engine.inputs.check_room(params, prompt_len)
@@ -212,6 +216,30 @@ def sampling_params(engine: AsyncEngine, body: SamplingFields, prompt_len: int, 
     except ValueError as error:
         raise APIError(400, str(error), str(error).split("=")[0]) from None
     return params
+
+
+def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams | None:
+    if constraint is None:
+        return None
+    try:
+        return StructuredOutputsParams(**{constraint.kind: constraint.value})
+    except InvalidValue as error:
+        raise APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field) from None
+
+
+async def compile_constraint(engine: AsyncEngine, body: SamplingFields, params: SamplingParams) -> None:
+    """Compile the request's constraint off the event loop (the engine then finds it cached), within a time
+    limit: a constraint that cannot be compiled, or not in time, is the client's 400, not a stuck engine."""
+    constraint = body.constraint()
+    if params.structured_outputs is None or constraint is None:
+        return
+    try:
+        await asyncio.wait_for(off_loop(engine.structured_outputs.compile, params.structured_outputs), COMPILE_SECONDS)
+    except InvalidValue as error:
+        raise APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field) from None
+    except TimeoutError:
+        message = f"{constraint.field} took longer than {COMPILE_SECONDS:g} s to compile: simplify it"
+        raise APIError(400, message, constraint.field) from None
 
 
 async def respond(
@@ -224,6 +252,7 @@ async def respond(
 ) -> Response:
     arrival = time.monotonic()
     params = sampling_params(engine, body, len(prompt.token_ids), logprobs)
+    await compile_constraint(engine, body, params)
     try:
         engine.reserve()
     except Overloaded as error:

@@ -21,6 +21,7 @@ from tokenyard.runtime.engine.llm_engine import LLMEngine, StepFailed
 from tokenyard.runtime.outputs import RequestOutput
 from tokenyard.runtime.sampling_params import SamplingParams
 from tokenyard.runtime.server.metrics import ServerMetrics
+from tokenyard.runtime.structured_output import StructuredOutputs
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,11 @@ class AsyncEngine:
     def inputs(self) -> InputProcessor:
         """Prompt and chat to validated token ids: thread-safe, and meant to run off the event loop."""
         return self.engine.inputs
+
+    @property
+    def structured_outputs(self) -> StructuredOutputs:
+        """Compiles constraints: thread-safe, and meant to run off the event loop."""
+        return self.engine.structured_outputs
 
     @property
     def max_model_len(self) -> int:
@@ -236,7 +242,7 @@ class AsyncEngine:
             return
         self._failed_steps = 0
         now = time.monotonic()
-        deliveries: list[tuple[asyncio.Queue, RequestOutput]] = []
+        deliveries: list[tuple[asyncio.Queue, RequestOutput | RequestFailed]] = []
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is None:
@@ -245,11 +251,14 @@ class AsyncEngine:
             if last is not None:
                 self.metrics.record_token_gap(now - last)
             self._last_token_time[output.request_id] = now
+            item: RequestOutput | RequestFailed = output
             if output.finished:
                 self._streams.pop(output.request_id)
                 self._last_token_time.pop(output.request_id, None)
                 self.metrics.record_finished(output, now)
-            deliveries.append((stream.stream, output))
+                if output.outputs[0].finish_reason == "error":  # the engine ended this request, and says why
+                    item = RequestFailed(str(output.outputs[0].stop_reason))
+            deliveries.append((stream.stream, item))
         if deliveries:  # one wake-up of the event loop per step, not one per request
             stream.loop.call_soon_threadsafe(_deliver, deliveries)
         self.metrics.record_step(self.engine)

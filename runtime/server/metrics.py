@@ -147,6 +147,20 @@ class ServerMetrics:
             label,
             registry=r,
         )
+        self.constrained = Counter(
+            "tokenyard_structured_output_requests",
+            "Requests with a structured-output constraint, by kind (json, json_object, regex, choice, grammar)",
+            [*label, "kind"],
+            registry=r,
+        )
+        self.mask_time = Histogram(
+            "tokenyard_structured_output_mask_seconds",
+            "Time a step spent computing its constrained rows' allowed-token masks",
+            label,
+            buckets=[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1],
+            registry=r,
+        )
+        self._seen_constrained: dict[str, int] = {}
         self.model_name = model_name
         self._seen = {
             "queries": 0,
@@ -213,6 +227,7 @@ class ServerMetrics:
                 counters[key].labels(name).inc(total - self._seen[key])
                 self._seen[key] = total
         self._record_accepted_per_position(engine.spec_decode_stats.accepted_per_position)
+        self._record_structured_outputs(engine)
         self.peak_rss.labels(name).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if engine.executor.runner.device.type == "cuda":
             import torch
@@ -228,6 +243,16 @@ class ServerMetrics:
             if total > seen[position]:
                 self.spec_accepted_per_pos.labels(self.model_name, str(position)).inc(total - seen[position])
                 seen[position] = total
+
+    def _record_structured_outputs(self, engine: LLMEngine) -> None:
+        stats = engine.structured_outputs.stats
+        for kind, total in stats.requests.items():
+            if total > self._seen_constrained.get(kind, 0):
+                self.constrained.labels(self.model_name, kind).inc(total - self._seen_constrained.get(kind, 0))
+                self._seen_constrained[kind] = total
+        for seconds in stats.mask_seconds:
+            self.mask_time.labels(self.model_name).observe(seconds)
+        stats.mask_seconds.clear()
 
     def record_token_gap(self, seconds: float) -> None:
         self.itl.labels(self.model_name).observe(seconds)

@@ -42,13 +42,19 @@ def verify(logits: torch.Tensor, rows: list[SamplingRow]) -> list[list[Sampled]]
 
 
 def _positions(row: SamplingRow) -> list[SamplingRow]:
-    """One row per verified position: position j has seen the drafts before it (penalties count them).
-    Drafts are only proposed once min_tokens is reached, so only position 0 can have banned tokens."""
+    """One row per verified position: position j has seen the drafts before it (penalties count them) and has
+    its own grammar mask. Drafts are only proposed once min_tokens is reached, so only position 0 can have
+    banned tokens."""
     if not row.draft_token_ids:
         return [row]
-    drafts = row.draft_token_ids
+    drafts, allowed = row.draft_token_ids, row.allowed_tokens
     return [row] + [
-        replace(row, output_token_ids=row.output_token_ids + drafts[:j], banned_token_ids=[])
+        replace(
+            row,
+            output_token_ids=row.output_token_ids + drafts[:j],
+            banned_token_ids=[],
+            allowed_tokens=None if allowed is None else allowed[j:],
+        )
         for j in range(1, len(drafts) + 1)
     ]
 

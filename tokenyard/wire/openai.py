@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -39,6 +40,69 @@ class StreamOptions(BaseModel):
 
     include_usage: bool = False
     continuous_usage_stats: bool = False
+
+
+MAX_REGEX_CHARS = 16_384
+MAX_GRAMMAR_CHARS = 131_072
+MAX_CHOICES = 1024
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=4096)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="the JSON Schema; {} is any JSON")
+    strict: bool | None = None
+
+
+class ResponseFormatField(BaseModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON that follows a schema."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormatField:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema must be given exactly when type is "json_schema"')
+        return self
+
+
+Regex = Annotated[str, Field(min_length=1, max_length=MAX_REGEX_CHARS)]
+Grammar = Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)]
+Choices = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]], Field(min_length=1, max_length=MAX_CHOICES)
+]
+
+
+class StructuredOutputsField(BaseModel):
+    """vLLM's ``structured_outputs``: exactly one constraint."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json", description="a JSON Schema")
+    regex: Regex | None = None
+    choice: Choices | None = None
+    grammar: Grammar | None = Field(default=None, description="Lark (llguidance's dialect) or GBNF")
+    json_object: Literal[True] | None = None
+
+    def given(self) -> list[tuple[str, Any]]:
+        values: dict[str, Any] = {"json": self.json_, "regex": self.regex, "choice": self.choice}
+        values |= {"grammar": self.grammar, "json_object": self.json_object}
+        return [(kind, value) for kind, value in values.items() if value is not None]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A request's one constraint in vLLM's terms (kind: json, json_object, regex, choice or grammar), and the
+    request field it came from (for errors)."""
+
+    kind: str
+    value: Any
+    field: str
 
 
 class SamplingFields(BaseModel):
@@ -76,12 +140,50 @@ class SamplingFields(BaseModel):
     user: str | None = Field(default=None, max_length=512)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Structured output: OpenAI's field, vLLM's, and vLLM's removed guided_* fields (taken as aliases, not ignored).
+    response_format: ResponseFormatField | None = None
+    structured_outputs: StructuredOutputsField | None = None
+    guided_json: dict[str, Any] | str | None = Field(default=None, description="alias of structured_outputs.json")
+    guided_regex: Regex | None = Field(default=None, description="alias of structured_outputs.regex")
+    guided_choice: Choices | None = Field(default=None, description="alias of structured_outputs.choice")
+    guided_grammar: Grammar | None = Field(default=None, description="alias of structured_outputs.grammar")
 
     @model_validator(mode="after")
     def _min_tokens_within_max(self) -> SamplingFields:
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         return self
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingFields:
+        given = self._constraints()
+        if len(given) > 1:
+            fields = ", ".join(constraint.field for constraint in given)
+            raise ValueError(f"a request takes one structured-output constraint; this one has {len(given)}: {fields}")
+        return self
+
+    def constraint(self) -> Constraint | None:
+        """The request's structured-output constraint, if it has one (the validators allow at most one)."""
+        given = self._constraints()
+        return given[0] if given else None
+
+    def _constraints(self) -> list[Constraint]:
+        found = []
+        form = self.response_format
+        if form is not None and form.type == "json_object":
+            found.append(Constraint("json_object", True, "response_format"))
+        if form is not None and form.json_schema is not None:
+            found.append(Constraint("json", form.json_schema.schema_, "response_format.json_schema.schema"))
+        if self.structured_outputs is not None:
+            given = self.structured_outputs.given()
+            if not given:
+                raise ValueError("structured_outputs names no constraint: give one of json, regex, choice, grammar")
+            found += [Constraint(kind, value, f"structured_outputs.{kind}") for kind, value in given]
+        for kind in ("json", "regex", "choice", "grammar"):
+            value = getattr(self, f"guided_{kind}")
+            if value is not None:
+                found.append(Constraint(kind, value, f"guided_{kind}"))
+        return found
 
     def token_logit_bias(self) -> dict[int, float]:
         return {int(key): value for key, value in (self.logit_bias or {}).items()}

@@ -1,0 +1,111 @@
+"""Structured output: a request's constraint (JSON Schema, JSON object, regex, choice, grammar) compiled once by
+llguidance into a grammar, and a matcher per request that says which tokens may come next.
+
+``grammars`` turns constraints into compiled grammars (cached, bounded); ``StructuredOutputs`` (here) is the
+engine's one handle: it starts a request's matcher, prunes draft tokens the grammar forbids, computes the
+allowed-token masks the sampler applies, and advances the matchers with the tokens a step produced."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tokenyard.runtime.engine.sequence import Sequence
+from tokenyard.runtime.sampling_params import StructuredOutputsParams
+from tokenyard.runtime.structured_output.grammars import CompiledGrammar, GrammarCompiler
+
+MASK_TIMES_KEPT = 10_000
+
+
+@dataclass
+class StructuredOutputStats:
+    requests: Counter[str] = field(default_factory=Counter)  # constrained requests started, by kind
+    # Per step with constrained rows, the latest ones (the server drains it into a histogram after each step).
+    mask_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=MASK_TIMES_KEPT))
+
+
+class StructuredOutputs:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
+        self._tokenizer, self.vocab_size = tokenizer, vocab_size
+        self._compiler: GrammarCompiler | None = None
+        self.stats = StructuredOutputStats()
+
+    @property
+    def compiler(self) -> GrammarCompiler:
+        """Built on the first constraint: wrapping the tokenizer for llguidance takes ~0.3 s that an engine
+        serving no constraint need not spend."""
+        if self._compiler is None:
+            self._compiler = GrammarCompiler(self._tokenizer, self.vocab_size)
+        return self._compiler
+
+    def compile(self, constraint: StructuredOutputsParams) -> CompiledGrammar:
+        """Compile (or find in the cache); raises InvalidValue naming what is wrong. Thread-safe: the server
+        calls it off the event loop before the request reaches the engine, which then finds it cached."""
+        return self.compiler.compile(constraint)
+
+    def start(self, seq: Sequence) -> None:
+        constraint = seq.params.structured_outputs
+        if constraint is None:
+            return
+        seq.grammar = self.compile(constraint).new_matcher()
+        self.stats.requests[constraint.kind] += 1
+
+    def prune_drafts(self, seqs: list[Sequence]) -> None:
+        """Keep each constrained sequence's draft tokens only up to the first one its grammar forbids: a
+        forbidden token could never be accepted, so it costs no verification."""
+        for seq in seqs:
+            if seq.grammar is not None and seq.draft_token_ids:
+                seq.keep_drafts(seq.grammar.validate_tokens(seq.draft_token_ids))
+
+    def allowed_tokens(self, seqs: list[Sequence]) -> tuple[list[torch.Tensor | None], dict[Sequence, str]]:
+        """Per sequence, None when it is free, else a (1 + drafts, vocab) boolean mask: the tokens its grammar
+        allows next, and after each of its (grammar-valid) draft tokens. Also the sequences whose matcher gave
+        up (a step past llguidance's limits), with its reason: the engine ends those, and only those."""
+        masks: list[torch.Tensor | None] = [None] * len(seqs)
+        failed: dict[Sequence, str] = {}
+        if not any(seq.grammar is not None for seq in seqs):
+            return masks, failed
+        started = time.perf_counter()
+        words = (self.vocab_size + 31) // 32
+        for index, seq in enumerate(seqs):
+            if seq.grammar is None:
+                continue
+            bits = np.empty((1 + seq.num_draft_tokens, words), dtype=np.int32)
+            if not _fill_masks(seq, bits):
+                failed[seq] = f"the structured-output constraint could not be followed: {seq.grammar.get_error()}"
+                continue
+            unpacked = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.vocab_size]
+            masks[index] = torch.from_numpy(unpacked.view(np.bool_))
+        self.stats.mask_seconds.append(time.perf_counter() - started)
+        return masks, failed
+
+    def accept(self, seq: Sequence, token_id: int) -> bool:
+        """Advance the sequence's matcher by a token it produced; True when its grammar is complete (nothing
+        but the end may follow), which ends the answer."""
+        assert seq.grammar is not None
+        if not seq.grammar.consume_token(token_id):  # the mask allowed it: only a bug gets here
+            raise RuntimeError(f"token {token_id} escaped the grammar of {seq.request_id}: {seq.grammar.get_error()}")
+        return bool(seq.grammar.is_stopped())
+
+
+def _fill_masks(seq: Sequence, bits: np.ndarray) -> bool:
+    """Row 0: the mask now; row j: after the first j draft tokens (consumed for the mask, then rolled back)."""
+    matcher = seq.grammar
+    assert matcher is not None
+    row_bytes = bits.shape[1] * bits.itemsize
+    consumed = 0
+    for row in range(bits.shape[0]):
+        if row:
+            if not matcher.consume_token(seq.draft_token_ids[row - 1]):
+                break
+            consumed += 1
+        matcher.unsafe_compute_mask_ptr(bits[row].ctypes.data, row_bytes)
+    ok = not matcher.is_error()
+    if consumed:
+        matcher.rollback(consumed)
+    return ok
