@@ -1,9 +1,10 @@
 """The semantic cache's judgement. Which requests may use it; what must be equal for two requests to share an
-answer (the scope: tenant, model, embedder, system prompt and earlier turns, every output-affecting parameter);
-what is compared by meaning (only the last user turn); and the checks that stop a close embedding from
-serving a different question. Embedders score a question and its negation, or the same words in another order,
-as near-identical (GPTCache #694 measured 0.83-0.9997), so a hit needs the similarity *and* no sign that the
-two prompts differ in polarity, numbers, units, names or the order of the same words."""
+answer (the scope: tenant, model, embedder, system prompt and earlier turns, every output-affecting parameter,
+the structured-output constraint included); what is compared by meaning (only the last user turn); and the
+checks that stop a close embedding from serving a different question. Embedders score a question and its
+negation, or the same words in another order, as near-identical (GPTCache #694 measured 0.83-0.9997), so a hit
+needs the similarity *and* no sign that the two prompts differ in polarity, numbers, units, names or the order
+of the same words."""
 
 from __future__ import annotations
 

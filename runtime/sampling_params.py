@@ -11,6 +11,7 @@ from tokenyard.runtime.validation import InvalidValue, require
 MAX_LOGPROBS = 20
 GREEDY_BELOW_TEMPERATURE = 1e-5  # as vLLM: dividing logits by less overflows, and the argmax is what it means
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # torch.Generator.manual_seed's range
+MAX_SCHEMA_DEPTH = 64  # nesting of a JSON Schema's objects and arrays; real-world schemas stay under 20
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,20 @@ class StructuredOutputsParams:
         if isinstance(self.json, str):
             try:
                 object.__setattr__(self, "json", json.loads(self.json))
-            except ValueError as error:
-                raise InvalidValue("structured_outputs.json", self.json[:200], f"a JSON Schema ({error})") from None
+            except (ValueError, RecursionError) as error:
+                reason = str(error) if isinstance(error, ValueError) else f"nested at most {MAX_SCHEMA_DEPTH} levels"
+                raise InvalidValue("structured_outputs.json", self.json[:200], f"a JSON Schema ({reason})") from None
         require(
             self.json is None or isinstance(self.json, dict),
             "structured_outputs.json",
             self.json,
             "a JSON Schema object",
+        )
+        require(
+            _depth(self.json) <= MAX_SCHEMA_DEPTH,
+            "structured_outputs.json",
+            "(a schema nested deeper)",
+            f"a JSON Schema nested at most {MAX_SCHEMA_DEPTH} levels",
         )
         require(
             self.regex is None or (isinstance(self.regex, str) and self.regex),
@@ -80,9 +88,24 @@ class StructuredOutputsParams:
 
     @property
     def key(self) -> str:
-        """The same text for the same constraint, whatever the order of a schema's keys (the compiled-grammar cache's
-        key)."""
-        return self.kind + ":" + json.dumps(getattr(self, self.kind), sort_keys=True, separators=(",", ":"))
+        """The compiled-grammar cache's key. A schema's key order is kept: the order of its properties is the order
+        the answer writes them in."""
+        return self.kind + ":" + json.dumps(getattr(self, self.kind), separators=(",", ":"))
+
+
+def _depth(value: object) -> int:
+    """How deeply dicts and lists nest in ``value``, found without recursion (a hostile schema may nest 10,000)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_SCHEMA_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 @dataclass
