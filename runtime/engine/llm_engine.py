@@ -160,7 +160,9 @@ class LLMEngine:
     def _step(self) -> list[RequestOutput]:
         if self.speculator is not None:
             self.speculator.propose(self.scheduler)
-            self.structured_outputs.prune_drafts([*self.scheduler.running, *self.scheduler.waiting])
+        self.structured_outputs.draft(
+            self.scheduler.next_to_verify(with_prefills=True), [*self.scheduler.running, *self.scheduler.waiting]
+        )
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -194,7 +196,8 @@ class LLMEngine:
         """Append the accepted draft tokens and the target's own token, each checked for a stop in order
         (a stop cuts the run). The KV of rejected drafts is not counted as computed and its blocks go back."""
         num_drafts, num_accepted = seq.num_draft_tokens, len(sampled) - 1
-        if self.speculator is not None:
+        forced = self.structured_outputs.verified(seq, num_accepted)
+        if self.speculator is not None and not forced:
             self.speculator.verified(num_drafts, num_accepted)
         seq.keep_drafts(0)
         finish = None

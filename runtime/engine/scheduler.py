@@ -88,6 +88,14 @@ class Scheduler:
                 return False
         return True
 
+    def next_to_verify(self, with_prefills: bool) -> list[Sequence]:
+        """The sequences the next step can verify draft tokens for: running decodes and, ``with_prefills``, those
+        whose next step may finish their prompt (running partial prefills, then next_admitted)."""
+        decodes = [s for s in self.running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
+        if not with_prefills:
+            return decodes
+        return [s for s in self.running if s.num_uncomputed_tokens > 1] + self.next_admitted() + decodes
+
     def next_admitted(self) -> list[Sequence]:
         """The waiting requests the next step may admit: in order, while seats and the token budget last
         (counting whole prompts, so a burst of prompts with cached prefixes gets fewer drafts than it could)."""

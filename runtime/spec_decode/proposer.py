@@ -63,12 +63,9 @@ class Speculator:
         """Draft tokens for running sequences that decode, and, where the proposer is cheap, for those whose
         next step may finish their prompt. None while min_tokens is not reached (only the first verified
         position can ban EOS), none past max_tokens, none above disable_by_batch_size."""
-        running = scheduler.running
-        candidates = [s for s in running if s.num_uncomputed_tokens == 1 and s.output_token_ids]
-        if self.proposer.proposes_before_first_token:
-            candidates = [s for s in running if s.num_uncomputed_tokens > 1] + scheduler.next_admitted() + candidates
+        candidates = scheduler.next_to_verify(with_prefills=self.proposer.proposes_before_first_token)
         limit = self.spec.disable_by_batch_size
-        if limit is not None and len(running) + len(scheduler.waiting) > limit:
+        if limit is not None and len(scheduler.running) + len(scheduler.waiting) > limit:
             for seq in candidates:
                 seq.keep_drafts(0)
             return

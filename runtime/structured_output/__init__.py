@@ -25,6 +25,7 @@ MASK_TIMES_KEPT = 10_000
 @dataclass
 class StructuredOutputStats:
     requests: Counter[str] = field(default_factory=Counter)  # constrained requests started, by kind
+    forced_tokens: int = 0  # tokens the grammar forced, computed in a step with the token before them
     # Per step with constrained rows, the latest ones (the server drains it into a histogram after each step).
     mask_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=MASK_TIMES_KEPT))
 
@@ -34,6 +35,7 @@ class StructuredOutputs:
         self._tokenizer, self.vocab_size = tokenizer, vocab_size
         self._compiler: GrammarCompiler | None = None
         self.stats = StructuredOutputStats()
+        self._forced: set[Sequence] = set()  # the sequences whose drafts this step are what their grammar forces
 
     @property
     def compiler(self) -> GrammarCompiler:
@@ -55,12 +57,30 @@ class StructuredOutputs:
         seq.grammar = self.compile(constraint).new_matcher()
         self.stats.requests[constraint.kind] += 1
 
-    def prune_drafts(self, seqs: list[Sequence]) -> None:
-        """Keep each constrained sequence's draft tokens only up to the first one its grammar forbids: a
-        forbidden token could never be accepted, so it costs no verification."""
-        for seq in seqs:
-            if seq.grammar is not None and seq.draft_token_ids:
+    def draft(self, candidates: list[Sequence], every: list[Sequence]) -> None:
+        """Draft what the grammars decide, before a step. A candidate (see Scheduler.next_to_verify) whose grammar
+        forces its next tokens (the keys and punctuation of a schema's JSON) drafts exactly those, replacing any
+        proposer's drafts: verified against the masked logits they are all accepted, so one step computes them
+        all (jump-forward decoding) and the output is what token-by-token decoding gives. Every other draft is cut
+        at the first token its grammar forbids: that one could never be accepted."""
+        self._forced = set()
+        for seq in candidates:
+            if seq.grammar is None or len(seq.output_token_ids) < seq.params.min_tokens:
+                continue  # min_tokens bans the end only at a step's first position
+            forced = seq.grammar.compute_ff_tokens()[: seq.max_tokens - len(seq.output_token_ids) - 1]
+            if forced:
+                seq.draft_token_ids, seq.draft_probs = forced, None
+                self._forced.add(seq)
+        for seq in every:
+            if seq.grammar is not None and seq.draft_token_ids and seq not in self._forced:
                 seq.keep_drafts(seq.grammar.validate_tokens(seq.draft_token_ids))
+
+    def verified(self, seq: Sequence, num_accepted: int) -> bool:
+        """After a step: whether the sequence's drafts were its grammar's (counted here, not as speculation)."""
+        if seq not in self._forced:
+            return False
+        self.stats.forced_tokens += num_accepted
+        return True
 
     def allowed_tokens(self, seqs: list[Sequence]) -> tuple[list[torch.Tensor | None], dict[Sequence, str]]:
         """Per sequence, None when it is free, else a (1 + drafts, vocab) boolean mask: the tokens its grammar

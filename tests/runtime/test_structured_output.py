@@ -158,6 +158,32 @@ def test_speculation_changes_nothing_in_a_constrained_answer(smollm2_gguf, llm_f
     assert_no_leak(speculative)
 
 
+def test_tokens_the_grammar_forces_are_computed_in_one_step_and_change_nothing(llm_fp32, monkeypatch):
+    """Jump-forward: the schema's keys and punctuation are drafted as a whole and verified against the masked
+    logits, so the classifier's ~16-token answer takes a handful of steps and equals token-by-token decoding."""
+    chats = [classifier_chat(turn) for turn in TURNS]
+    params = greedy({"json": CLASSIFIER_SCHEMA})
+    engine = llm_fp32.engine
+    forced_before, steps = engine.structured_outputs.stats.forced_tokens, 0
+    step = engine.step
+
+    def counted_step():
+        nonlocal steps
+        steps += 1
+        return step()
+
+    monkeypatch.setattr(engine, "step", counted_step)
+    jumped = [o.outputs[0].token_ids for o in llm_fp32.chat(chats, params)]
+    assert engine.structured_outputs.stats.forced_tokens - forced_before >= 10 * len(TURNS)
+    assert steps <= 6 < min(len(tokens) for tokens in jumped)
+
+    def prune_only(self, candidates, every):  # the drafting switched off: one token a step
+        self._forced = set()
+
+    monkeypatch.setattr(type(engine.structured_outputs), "draft", prune_only)
+    assert [o.outputs[0].token_ids for o in llm_fp32.chat(chats, params)] == jumped
+
+
 # --- tiny models: batching, preemption, chunking, failures -------------------------------------------------
 def test_a_batch_mixing_constrained_and_free_rows_equals_each_request_alone(tiny_llm):
     prompts = ["Once upon a time", "The weather today", "My favourite colour is", "Numbers:", "Hello"]
@@ -174,8 +200,8 @@ def test_constrained_answers_are_unchanged_by_preemption_chunked_prefill_and_pre
     """A pool too small for the batch preempts (the matchers keep their state while the sequences recompute, from
     the prefix cache where their blocks survived); prompts are prefilled in chunks of 32 tokens."""
     prompts = [f"Request number {i} asks for a long list of words, one after another, please. " * 3 for i in range(6)]
-    long_regex = {"regex": r"[a-z]{6}( [a-z]{6}){11}"}
-    params = [greedy(long_regex if i % 2 else {"json": CLASSIFIER_SCHEMA}, max_tokens=80) for i in range(6)]
+    long_regex = {"regex": r"([a-z]+ ){40}"}  # longer than max_tokens: the blocks run out while they decode
+    params = [greedy(long_regex if i % 2 else {"json": CLASSIFIER_SCHEMA}, max_tokens=100) for i in range(6)]
     expected = [o.outputs[0].token_ids for o in tiny_llm.generate(prompts, params)]
     cramped = LLM(
         str(tiny_llama_dir),
@@ -199,7 +225,7 @@ def test_draft_tokens_the_grammar_forbids_are_pruned_before_verification(tiny_ll
     tokenizer = engine.tokenizer
     red = tokenizer.encode("red", add_special_tokens=False)
     seq.draft_token_ids = [*red, *tokenizer.encode("xyz", add_special_tokens=False)]
-    engine.structured_outputs.prune_drafts([seq])
+    engine.structured_outputs.draft([], [seq])
     assert seq.draft_token_ids == red
     masks, failed = engine.structured_outputs.allowed_tokens([seq])
     assert failed == {}
