@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-tokens", type=int, default=256, help="max_tokens of each answer")
     run.add_argument("--timeout", type=float, default=120, help="seconds per request (per attempt)")
     run.add_argument(
+        "--no-response-format",
+        dest="response_format",
+        action="store_false",
+        help="do not send an item's JSON Schema as response_format (measures the unconstrained model; "
+        "its results are not comparable with a baseline made with the schema)",
+    )
+    run.add_argument(
         "--retries", type=int, default=4, help="more attempts for an item that timed out, was dropped or got 429/5xx"
     )
     run.add_argument("--retry-backoff", type=float, default=1.0, help="seconds before the first retry; doubles")
@@ -112,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
                 judge_cache=args.judge_cache,
                 judge_max_tokens=args.judge_max_tokens,
                 retry=retry,
+                constrained=args.response_format,
             )
         )
     except TestsetError as error:

@@ -78,19 +78,41 @@ def messages(item: Item) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": user}]
 
 
-def chat_request(model: str, item: Item, max_tokens: int) -> dict[str, Any]:
+def response_format(item: Item) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` for an item with a JSON Schema (strict: the answer must follow it, as the
+    product asks for it); None for an item without one."""
+    if item.schema_ is None:
+        return None
+    schema = {"name": item.schema_name or "schema", "schema": item.schema_, "strict": True}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def chat_request(model: str, item: Item, max_tokens: int, constrained: bool = True) -> dict[str, Any]:
     """The request body, built through the wire's ChatCompletionRequest (what the runtime and the gateway accept),
-    so a request they would refuse (say max_tokens 0) fails here, once, not as an HTTP 400 for every item."""
-    request = ChatCompletionRequest.model_validate(
-        {"model": model, "messages": messages(item), "temperature": 0, "seed": SEED, "max_tokens": max_tokens}
-    )
-    return request.model_dump(mode="json", exclude_unset=True)
+    so a request they would refuse (say max_tokens 0) fails here, once, not as an HTTP 400 for every item.
+    An item's JSON Schema goes as ``response_format`` unless ``constrained`` is False (the model's own answer)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages(item),
+        "temperature": 0,
+        "seed": SEED,
+        "max_tokens": max_tokens,
+    }
+    if constrained and (form := response_format(item)) is not None:
+        body["response_format"] = form
+    request = ChatCompletionRequest.model_validate(body)
+    return request.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
 
 async def ask(
-    client: httpx.AsyncClient, model: str, item: Item, max_tokens: int, policy: RetryPolicy = DEFAULT_RETRY
+    client: httpx.AsyncClient,
+    model: str,
+    item: Item,
+    max_tokens: int,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    constrained: bool = True,
 ) -> Answer:
-    body = chat_request(model, item, max_tokens)
+    body = chat_request(model, item, max_tokens, constrained)
     waited = 0.0
     for attempt in range(policy.retries + 1):
         try:
@@ -168,15 +190,16 @@ async def ask_all(
     max_tokens: int,
     timeout: float,
     policy: RetryPolicy = DEFAULT_RETRY,
+    constrained: bool = True,
 ) -> list[Answer]:
     """Answers in item order; at most ``concurrency`` requests in flight (an item keeps its slot while it backs
-    off, so retries never add load)."""
+    off, so retries never add load). ``constrained``: send each item's JSON Schema as ``response_format``."""
     limit = asyncio.Semaphore(concurrency)
     progress = tqdm(total=len(items), desc="answering", unit="item")
 
     async def one(client: httpx.AsyncClient, item: Item) -> Answer:
         async with limit:
-            answer = await ask(client, model, item, max_tokens, policy)
+            answer = await ask(client, model, item, max_tokens, policy, constrained)
         progress.update()
         return answer
 

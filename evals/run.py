@@ -27,10 +27,11 @@ async def evaluate(
     judge_cache: Path | None = None,
     judge_max_tokens: int = 512,
     retry: RetryPolicy = DEFAULT_RETRY,
+    constrained: bool = True,
 ) -> Results:
     testset = load_testset(testset_path, limit)
     items = testset.items
-    answers = await ask_all(base_url, model, items, concurrency, max_tokens, timeout, retry)
+    answers = await ask_all(base_url, model, items, concurrency, max_tokens, timeout, retry, constrained)
     failed = _failed(answers)
     if failed:
         log.warning("%d of %d items got no answer; each counts at its metrics' worst score", len(failed), len(items))

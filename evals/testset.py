@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class Item(BaseModel):
     # Resolved from the files above when the testset is loaded.
     system_prompt: str | None = None
     schema_: dict[str, Any] | None = None
+    schema_name: str | None = None  # response_format.json_schema.name: see schema_name()
 
 
 class Testset(BaseModel):
@@ -63,11 +65,22 @@ def load_testset(path: Path, limit: int | None = None) -> Testset:
             item.system_prompt = _read_relative(path, item.system_prompt_file, files)
         if item.json_schema:
             item.schema_ = json.loads(_read_relative(path, item.json_schema, files))
+            item.schema_name = schema_name((path.parent / item.json_schema).resolve())
         items.append(item)
     if not items:
         raise TestsetError(f"testset {path} has no items")
     chosen = items[:limit] if limit else items
     return Testset(path=str(path), sha256=hashlib.sha256(data).hexdigest(), items=chosen)
+
+
+def schema_name(schema_file: Path) -> str:
+    """The name a schema is sent under (OpenAI's ``json_schema.name``: 1-64 of ``a-zA-Z0-9_-``): the file's
+    name without its extension, or its folder's when the file is just ``schema.json``
+    (``classifier/schema.json`` -> ``classifier``)."""
+    stem = schema_file.stem
+    if stem.lower() == "schema" and schema_file.parent.name:
+        stem = schema_file.parent.name
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", stem)[:64] or "schema"
 
 
 def _read_relative(testset: Path, name: str, cache: dict[str, str]) -> str:

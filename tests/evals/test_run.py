@@ -90,6 +90,7 @@ def test_a_classifier_run_has_the_json_task_checks(server, tmp_path):
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == set(TASK_METRICS)
     assert all(m["n"] == 2 and m["nan"] == 0 and m["mean"] is not None for m in metrics.values())
+    assert metrics["schema_valid"]["mean"] == 1.0  # the schema went as response_format: the runtime kept to it
 
 
 def test_an_unreachable_endpoint_fails_the_run_and_writes_nothing(tmp_path, capsys):
