@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,35 @@ class BenchRequest:
     messages: list[dict] | None  # chat endpoint
     prompt: str | None  # completions endpoint
     max_tokens: int
+    response_format: dict | None = None  # OpenAI's response_format, sent as is
+
+
+# What OpenAI's response_format.type can be; a JSON Schema's own "type" is a JSON type ("object", "array", ...).
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def load_response_format(path: Path) -> dict:
+    """The response_format a --response-format file asks for: the file itself when it is a response_format object
+    (its "type" is text, json_object or json_schema), else a bare JSON Schema, sent strictly and named after the
+    file: {"type": "json_schema", "json_schema": {"name": <file stem>, "schema": <the file>, "strict": true}}."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--response-format {path}: {error}") from None
+    if not isinstance(loaded, dict):
+        raise SystemExit(f"--response-format {path}: a JSON object (a JSON Schema or a response_format), not this")
+    if loaded.get("type") in RESPONSE_FORMAT_TYPES:
+        return loaded
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", Path(path).stem)[:64] or "schema"  # OpenAI's pattern for the name
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": loaded, "strict": True}}
+
+
+def describe_response_format(form: dict | None) -> str:
+    """One line for the summary: "none", "json_object", or "json_schema <name>"."""
+    if form is None:
+        return "none"
+    name = (form.get("json_schema") or {}).get("name")
+    return f"{form['type']} {name}" if name else str(form["type"])
 
 
 @dataclass
@@ -73,6 +103,17 @@ class RequestResult:
 
 
 def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
+    """The requests to send; each carries the --response-format (when given) for ``send`` to pass on."""
+    requests = _build_requests(args)
+    path = getattr(args, "response_format", None)  # absent from callers' own namespaces (benchmarks/serve.py)
+    if path is not None:
+        form = load_response_format(path)
+        for request in requests:
+            request.response_format = form
+    return requests
+
+
+def _build_requests(args: argparse.Namespace) -> list[BenchRequest]:
     rng = random.Random(args.seed)
     chat = args.endpoint == "chat"
     if args.dataset == "prefix":
@@ -123,6 +164,8 @@ async def send(client: aiohttp.ClientSession, args: argparse.Namespace, request:
         url, body["messages"] = f"{args.base_url}/v1/chat/completions", request.messages
     else:
         url, body["prompt"] = f"{args.base_url}/v1/completions", request.prompt
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
     result = RequestResult(ok=False)
     start = last = time.perf_counter()
     chunks = 0
@@ -220,6 +263,8 @@ def summarize(results: list[RequestResult], duration: float) -> dict:
 
 
 def print_summary(summary: dict) -> None:
+    if "response_format" in summary:
+        print(f"{'Response format':<34}{describe_response_format(summary['response_format']):>12}")
     print(f"{'Successful requests':<34}{summary['completed']:>12}")
     print(f"{'Failed requests':<34}{summary['failed']:>12}")
     print(f"{'Duration (s)':<34}{summary['duration_s']:>12.2f}")
@@ -260,6 +305,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="generate exactly --output-len tokens (vLLM's and llama.cpp's extension)",
     )
+    parser.add_argument(
+        "--response-format",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="send this response_format with every request (chat and completions). The JSON file is either a bare "
+        'JSON Schema, sent as {"type": "json_schema", "json_schema": {"name": <file stem>, "schema": <file>, '
+        '"strict": true}}, or a whole response_format object, sent as it is: one whose "type" is "text", '
+        '"json_object" or "json_schema" (a schema\'s own "type" is a JSON type, such as "object"). A constrained '
+        "answer ends when its JSON is complete, even with --ignore-eos.",
+    )
     parser.add_argument("--num-prompts", type=int, default=200)
     parser.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s, Poisson; inf: all now")
     parser.add_argument("--max-concurrency", type=int, default=None)
@@ -276,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
     requests = build_requests(args)
     results, duration = asyncio.run(run_load(args, requests))
     summary = summarize(results, duration)
+    summary["response_format"] = requests[0].response_format if requests else None  # what was sent, or None
     print_summary(summary)
     if args.result_file:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
