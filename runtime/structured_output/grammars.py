@@ -73,19 +73,25 @@ class GrammarCompiler:
         kind = constraint.kind
         field = f"structured_outputs.{kind}"
         started = time.perf_counter()
-        grammar = _grammar(constraint)
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer, limits=LIMITS)
-        if is_error:
-            raise InvalidValue(field, _shown(getattr(constraint, kind)), f"{_ALLOWED[kind]}: {messages[0]}")
-        template = LLMatcher(self.tokenizer, grammar, log_level=0, limits=LIMITS)
+        shown = _shown(getattr(constraint, kind))
+        try:
+            grammar = _grammar(constraint)
+            is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer, limits=LIMITS)
+            if is_error:
+                raise InvalidValue(field, shown, f"{_ALLOWED[kind]}: {messages[0]}")
+            template = LLMatcher(self.tokenizer, grammar, log_level=0, limits=LIMITS)
+        except InvalidValue:
+            raise
+        except ValueError as error:  # llguidance's own refusals: numbers past 64 bits, lone surrogates, ...
+            raise InvalidValue(field, shown, f"{_ALLOWED[kind]}: {error}") from None
         template.compute_bitmask()  # the first mask builds the lexer: a pathological grammar shows here
         seconds = time.perf_counter() - started
         if template.is_error():
-            raise InvalidValue(field, _shown(getattr(constraint, kind)), f"{_ALLOWED[kind]}: {template.get_error()}")
+            raise InvalidValue(field, shown, f"{_ALLOWED[kind]}: {template.get_error()}")
         if seconds > COMPILE_SECONDS:
             raise InvalidValue(
                 field,
-                _shown(getattr(constraint, kind)),
+                shown,
                 f"a constraint that compiles within {COMPILE_SECONDS:g} s (this one took {seconds:.1f} s)",
             )
         return CompiledGrammar(kind, template, seconds)

@@ -266,6 +266,8 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         ({"json": {"type": "string"}, "regex": "a"}, r"exactly one of json, regex, choice, grammar, json_object"),
         ({}, r"exactly one of"),
         ({"jsn": {}}, r"structured_outputs=\['jsn'\] is invalid: must be keys among"),
+        ({"json": {"type": "integer", "minimum": 10**400}}, r"structured_outputs.json=.*that llguidance supports"),
+        ({"regex": "\ud800"}, r"structured_outputs.regex=.*surrogates not allowed"),
     ],
     ids=[
         "invalid-schema",
@@ -278,6 +280,8 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         "two-constraints",
         "none",
         "unknown-key",
+        "number-past-64-bits",
+        "lone-surrogate",
     ],
 )
 def test_bad_constraints_are_refused_naming_the_field_and_the_reason(tiny_llm, constraint, message):
