@@ -237,6 +237,8 @@ async def compile_constraint(engine: AsyncEngine, body: SamplingFields, params: 
         await asyncio.wait_for(off_loop(engine.structured_outputs.compile, params.structured_outputs), COMPILE_SECONDS)
     except InvalidValue as error:
         raise APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field) from None
+    except ValueError as error:  # this model cannot take constraints (see GrammarCompiler)
+        raise APIError(400, f"{constraint.field}: {error}", constraint.field) from None
     except TimeoutError:
         message = f"{constraint.field} took longer than {COMPILE_SECONDS:g} s to compile: simplify it"
         raise APIError(400, message, constraint.field) from None
