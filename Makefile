@@ -46,6 +46,7 @@ bench: install
 	$(PY) -m tokenyard.benchmarks.quantization --out docs/benchmarks.md
 	$(PY) -m tokenyard.benchmarks.spec_decode --out docs/benchmarks.md
 	$(PY) -m tokenyard.benchmarks.structured_output --out docs/benchmarks.md
+	$(PY) -m tokenyard.benchmarks.schema_conformance --out docs/benchmarks.md
 	$(PY) -m tokenyard.benchmarks.tensor_parallel --out docs/benchmarks.md
 	$(PY) -m tokenyard.benchmarks.accuracy --out docs/benchmarks.md
 	$(PY) -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && $(PY) -m tokenyard.benchmarks.gpu --out docs/benchmarks.md || echo 'no GPU: the gpu section is left as it was'

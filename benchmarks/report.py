@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 HEADER = (
@@ -26,6 +28,14 @@ def cpu_description() -> str:
     present = [flag for flag in CPU_FLAGS if flag in flags] or ["none of " + ", ".join(CPU_FLAGS)]
     name = model.group(1).strip() if model else platform.processor() or platform.machine()
     return f"{name}, {os.cpu_count()} cores, flags {' '.join(present)}"
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (q in [0, 100]), as ``tokenyard bench serve`` reports p99; NaN for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
 
 
 def write_section(path: Path, name: str, markdown: str) -> None:

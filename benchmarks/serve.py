@@ -27,12 +27,13 @@ from tokenyard.runtime import LLM, SamplingParams
 ENGINE_FLAGS = ["--max-model-len", "2048", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(512 << 20)]
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(log: Path, flags: list[str] = ENGINE_FLAGS) -> tuple[subprocess.Popen, str]:
+    """`tokenyard serve` (the packaged model unless ``flags`` name another) on a free port, once it is ready."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tokenyard.cli", "serve", "--port", str(port), "--host", "127.0.0.1", *ENGINE_FLAGS],
+        [sys.executable, "-m", "tokenyard.cli", "serve", "--port", str(port), "--host", "127.0.0.1", *flags],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )

@@ -35,7 +35,7 @@ import jsonschema
 import torch
 
 from tokenyard.benchmarks import serve_client as bench
-from tokenyard.benchmarks.report import cpu_description, write_section
+from tokenyard.benchmarks.report import cpu_description, percentile, write_section
 from tokenyard.benchmarks.serve import ENGINE_FLAGS, start_server
 from tokenyard.benchmarks.workloads import classifier_conversations
 from tokenyard.runtime import LLM, SamplingParams
@@ -44,14 +44,6 @@ SCHEMA_PATH = Path(str(resources.files("tokenyard.evals") / "testsets" / "classi
 MAX_TOKENS = 50  # the classifier workload's request: temperature 0, max_tokens 50
 CONCURRENCY = 16
 SIDES = ("schema", "free", "equal work")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank percentile (as ``tokenyard bench serve`` reports p99)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def load_args(url: str, requests: int, seed: int, schema: bool, ignore_eos: bool = False) -> argparse.Namespace:
@@ -215,7 +207,7 @@ def render(
         return percentile([r.latency for r in latency[side]], q) * 1e3
 
     def ttft(side: str) -> float:
-        return percentile([r.ttft for r in latency[side]], 0.5) * 1e3
+        return percentile([r.ttft for r in latency[side]], 50) * 1e3
 
     def tokens(side: str) -> float:
         return statistics.fmean(r.output_tokens for r in latency[side])
@@ -239,8 +231,8 @@ def render(
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for name, schema_value, free_value, goal in (
-        ("end to end p50 (ms)", e2e("schema", 0.5), e2e("free", 0.5), "< 1x"),
-        ("end to end p95 (ms)", e2e("schema", 0.95), e2e("free", 0.95), "-"),
+        ("end to end p50 (ms)", e2e("schema", 50), e2e("free", 50), "< 1x"),
+        ("end to end p95 (ms)", e2e("schema", 95), e2e("free", 95), "-"),
         ("TTFT p50 (ms)", ttft("schema"), ttft("free"), "-"),
         ("output tokens, mean", tokens("schema"), tokens("free"), "< 1x"),
     ):
@@ -249,7 +241,7 @@ def render(
         lines.append(f"| {name} | {schema_value:.1f} | {free_value:.1f} | {ratio:.2f}x | {goal} | {met} |")
 
     free_step = statistics.median(cost.free_steps)
-    mask_p50, mask_p99 = percentile(cost.mask_seconds, 0.5), percentile(cost.mask_seconds, 0.99)
+    mask_p50, mask_p99 = percentile(cost.mask_seconds, 50), percentile(cost.mask_seconds, 99)
     schema_step = statistics.median(cost.schema_steps)
     lines += [
         "",

@@ -11,6 +11,7 @@ import re
 import jsonschema
 import pytest
 
+from tokenyard.benchmarks.schema_conformance import scan
 from tokenyard.runtime import LLM
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.sampling_params import SamplingParams, StructuredOutputsParams
@@ -72,23 +73,7 @@ def follows(constraint: dict, text: str) -> bool:
 
 def whitespace_outside_strings(text: str) -> list[str]:
     """Every whitespace run outside JSON strings other than the one space after ',' or ':'."""
-    found, run, previous, in_string, escaped = [], "", "", False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string, previous = False, char
-            continue
-        if char.isspace():
-            run += char
-            continue
-        if run and not (run == " " and previous in (",", ":")):
-            found.append(run)
-        run, previous, in_string = "", char, char == '"'
-    return [*found, run] if run else found
+    return scan(text).stray_whitespace
 
 
 # --- the real model ------------------------------------------------------------------------------------
