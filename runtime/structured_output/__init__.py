@@ -2,8 +2,9 @@
 llguidance into a grammar, and a matcher per request that says which tokens may come next.
 
 ``grammars`` turns constraints into compiled grammars (cached, bounded); ``StructuredOutputs`` (here) is the
-engine's one handle: it starts a request's matcher, prunes draft tokens the grammar forbids, computes the
-allowed-token masks the sampler applies, and advances the matchers with the tokens a step produced."""
+engine's one handle: it starts a request's matcher, drafts the tokens a grammar forces and cuts the drafts it
+forbids, computes the allowed-token masks the sampler applies, and advances the matchers with the tokens a step
+produced."""
 
 from __future__ import annotations
 
