@@ -357,9 +357,13 @@ def send(
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
-def run(cases: list[Case], max_tokens: int, concurrency: int, **sampling: float) -> tuple[list[Result], float]:
+def run(
+    cases: list[Case], max_tokens: int, concurrency: int, model: str | None = None, **sampling: float
+) -> tuple[list[Result], float]:
+    """Every case through a server of ``model`` (the packaged one when None)."""
     checker, _ = format_checker()
-    process, url = start_server(Path(tempfile.mkdtemp()) / "server.log", ENGINE_FLAGS)
+    flags = ENGINE_FLAGS + (["--model", model] if model else [])
+    process, url = start_server(Path(tempfile.mkdtemp()) / "server.log", flags)
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
             started = time.perf_counter()
@@ -399,13 +403,14 @@ def render(results: list[Result], duration: float, args: argparse.Namespace, fal
         return f"{percentile(values, 50):.{digits}f} / {percentile(values, 95):.{digits}f}"
 
     checked_here = ", ".join(fallbacks) if fallbacks else "none"
+    served = args.model or "the packaged SmolLM2-135M-Instruct Q4_1 GGUF"
     penalty = "" if args.repetition_penalty is None else f", repetition_penalty {args.repetition_penalty:g}"
     met = valid == total and not cuts["whitespace"] and not stray
     lines = [
-        "## Structured output: JSON Schema conformance, SmolLM2-135M, CPU",
+        f"## Structured output: JSON Schema conformance, {args.model or 'SmolLM2-135M'}, CPU",
         "",
         f"{total} JSON Schemas (Draft 2020-12) of real-world shapes from `benchmarks/data/json_schemas/`, each with "
-        "its own task prompt, sent to `tokenyard serve` (the packaged SmolLM2-135M-Instruct Q4_1 GGUF, default dtype) "
+        f"its own task prompt, sent to `tokenyard serve` ({served}, default dtype) "
         f"on `/v1/chat/completions` with `response_format` `json_schema` (strict), temperature 0, max_tokens "
         f'{args.max_tokens}{penalty}, the system prompt "{SYSTEM_PROMPT}", {args.concurrency} request(s) at a time. '
         f"Machine: {cpu_description()}. Run on {datetime.date.today().isoformat()}.",
@@ -463,6 +468,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N schemas (by name)")
     parser.add_argument("--only", default=None, help="only these schemas (comma-separated names)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--model", default=None, help="serve this model (a path or a cached hub id), not the packaged")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument(
         "--repetition-penalty", type=float, default=None, help="sent with every request (default: none, plain greedy)"
@@ -477,7 +483,7 @@ def main() -> None:
             raise SystemExit(f"not in the corpus: {', '.join(sorted(missing))}")
     cases = cases[: args.limit]
     sampling = {} if args.repetition_penalty is None else {"repetition_penalty": args.repetition_penalty}
-    results, duration = run(cases, args.max_tokens, args.concurrency, **sampling)
+    results, duration = run(cases, args.max_tokens, args.concurrency, args.model, **sampling)
     _, fallbacks = format_checker()
     report = render(results, duration, args, fallbacks)
     if args.results:
