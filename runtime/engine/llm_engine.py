@@ -160,9 +160,7 @@ class LLMEngine:
     def _step(self) -> list[RequestOutput]:
         if self.speculator is not None:
             self.speculator.propose(self.scheduler)
-        self.structured_outputs.draft(
-            self.scheduler.next_to_verify(with_prefills=True), [*self.scheduler.running, *self.scheduler.waiting]
-        )
+        self.structured_outputs.draft(self.scheduler)
         batch = self.scheduler.schedule()
         if not batch:
             return []

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tokenyard.runtime.engine.scheduler import Scheduler
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.sampling_params import StructuredOutputsParams
 from tokenyard.runtime.structured_output.grammars import CompiledGrammar, GrammarCompiler
@@ -58,21 +59,24 @@ class StructuredOutputs:
         seq.grammar = self.compile(constraint).new_matcher()
         self.stats.requests[constraint.kind] += 1
 
-    def draft(self, candidates: list[Sequence], every: list[Sequence]) -> None:
-        """Draft what the grammars decide, before a step. A candidate (see Scheduler.next_to_verify) whose grammar
-        forces its next tokens (the keys and punctuation of a schema's JSON) drafts exactly those, replacing any
-        proposer's drafts: verified against the masked logits they are all accepted, so one step computes them
-        all (jump-forward decoding) and the output is what token-by-token decoding gives. Every other draft is cut
-        at the first token its grammar forbids: that one could never be accepted."""
+    def draft(self, scheduler: Scheduler) -> None:
+        """Draft what the grammars decide, before a step. A sequence the step can verify drafts for (see
+        Scheduler.next_to_verify) whose grammar forces its next tokens (the keys and punctuation of a schema's
+        JSON) drafts exactly those, replacing any proposer's drafts: verified against the masked logits they are
+        all accepted, so one step computes them all (jump-forward decoding) and the output is what token-by-token
+        decoding gives. Every other draft is cut at the first token its grammar forbids: that one could never be
+        accepted."""
         self._forced = set()
-        for seq in candidates:
+        if self._compiler is None:  # no constraint yet: nothing to do on this hot path
+            return
+        for seq in scheduler.next_to_verify(with_prefills=True):
             if seq.grammar is None or len(seq.output_token_ids) < seq.params.min_tokens:
                 continue  # min_tokens bans the end only at a step's first position
             forced = seq.grammar.compute_ff_tokens()[: seq.max_tokens - len(seq.output_token_ids) - 1]
             if forced:
                 seq.draft_token_ids, seq.draft_probs = forced, None
                 self._forced.add(seq)
-        for seq in every:
+        for seq in [*scheduler.running, *scheduler.waiting]:
             if seq.grammar is not None and seq.draft_token_ids and seq not in self._forced:
                 seq.keep_drafts(seq.grammar.validate_tokens(seq.draft_token_ids))
 

@@ -13,6 +13,7 @@ import pytest
 
 from tokenyard.benchmarks.schema_conformance import scan
 from tokenyard.runtime import LLM
+from tokenyard.runtime.engine.scheduler import Scheduler
 from tokenyard.runtime.engine.sequence import Sequence
 from tokenyard.runtime.sampling_params import SamplingParams, StructuredOutputsParams
 from tokenyard.runtime.structured_output import grammars
@@ -162,7 +163,7 @@ def test_tokens_the_grammar_forces_are_computed_in_one_step_and_change_nothing(l
     assert engine.structured_outputs.stats.forced_tokens - forced_before >= 10 * len(TURNS)
     assert steps <= 6 < min(len(tokens) for tokens in jumped)
 
-    def prune_only(self, candidates, every):  # the drafting switched off: one token a step
+    def prune_only(self, scheduler):  # the drafting switched off: one token a step
         self._forced = set()
 
     monkeypatch.setattr(type(engine.structured_outputs), "draft", prune_only)
@@ -210,7 +211,9 @@ def test_draft_tokens_the_grammar_forbids_are_pruned_before_verification(tiny_ll
     tokenizer = engine.tokenizer
     red = tokenizer.encode("red", add_special_tokens=False)
     seq.draft_token_ids = [*red, *tokenizer.encode("xyz", add_special_tokens=False)]
-    engine.structured_outputs.draft([], [seq])
+    scheduler = Scheduler(engine.config, engine.kv_cache)  # its own: the engine's queues stay as they are
+    scheduler.add(seq)
+    engine.structured_outputs.draft(scheduler)
     assert seq.draft_token_ids == red
     masks, failed = engine.structured_outputs.allowed_tokens([seq])
     assert failed == {}
