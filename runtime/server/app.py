@@ -189,7 +189,9 @@ def check_model(model: str | None, settings: ServerSettings) -> None:
         )
 
 
-def sampling_params(engine: AsyncEngine, body: SamplingFields, prompt_len: int, logprobs: int | None) -> SamplingParams:
+def sampling_params(
+    engine: AsyncEngine, body: SamplingFields, constraint: Constraint | None, prompt_len: int, logprobs: int | None
+) -> SamplingParams:
     try:
         params = SamplingParams(
             temperature=body.temperature,
@@ -207,7 +209,7 @@ def sampling_params(engine: AsyncEngine, body: SamplingFields, prompt_len: int, 
             max_tokens=body.max_tokens,
             min_tokens=body.min_tokens,
             logprobs=logprobs,
-            structured_outputs=structured_outputs(body.constraint()),
+            structured_outputs=structured_outputs(constraint),
         )
         engine.inputs.check_params(params)
         engine.inputs.check_room(params, prompt_len)
@@ -224,24 +226,28 @@ def structured_outputs(constraint: Constraint | None) -> StructuredOutputsParams
     try:
         return StructuredOutputsParams(**{constraint.kind: constraint.value})
     except InvalidValue as error:
-        raise APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field) from None
+        raise constraint_error(constraint, error) from None
 
 
-async def compile_constraint(engine: AsyncEngine, body: SamplingFields, params: SamplingParams) -> None:
+async def compile_constraint(engine: AsyncEngine, constraint: Constraint | None, params: SamplingParams) -> None:
     """Compile the request's constraint off the event loop (the engine then finds it cached), within a time
     limit: a constraint that cannot be compiled, or not in time, is the client's 400, not a stuck engine."""
-    constraint = body.constraint()
     if params.structured_outputs is None or constraint is None:
         return
     try:
         await asyncio.wait_for(off_loop(engine.structured_outputs.compile, params.structured_outputs), COMPILE_SECONDS)
-    except InvalidValue as error:
-        raise APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field) from None
-    except ValueError as error:  # this model cannot take constraints (see GrammarCompiler)
-        raise APIError(400, f"{constraint.field}: {error}", constraint.field) from None
+    except ValueError as error:  # InvalidValue, or a model whose tokenizer cannot take constraints
+        raise constraint_error(constraint, error) from None
     except TimeoutError:
         message = f"{constraint.field} took longer than {COMPILE_SECONDS:g} s to compile: simplify it"
         raise APIError(400, message, constraint.field) from None
+
+
+def constraint_error(constraint: Constraint, error: ValueError) -> APIError:
+    """The 400 for a constraint, named by the request field that carried it (not the runtime's own name)."""
+    if isinstance(error, InvalidValue):
+        return APIError(400, f"{constraint.field} is invalid: must be {error.allowed}", constraint.field)
+    return APIError(400, f"{constraint.field}: {error}", constraint.field)
 
 
 async def respond(
@@ -253,8 +259,9 @@ async def respond(
     fmt: ResponseFormat,
 ) -> Response:
     arrival = time.monotonic()
-    params = sampling_params(engine, body, len(prompt.token_ids), logprobs)
-    await compile_constraint(engine, body, params)
+    constraint = body.constraint()
+    params = sampling_params(engine, body, constraint, len(prompt.token_ids), logprobs)
+    await compile_constraint(engine, constraint, params)
     try:
         engine.reserve()
     except Overloaded as error:
