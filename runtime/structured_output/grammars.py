@@ -116,6 +116,8 @@ def _grammar(constraint: StructuredOutputsParams) -> str:
 
 def _check_schema(schema: dict[str, Any]) -> None:
     """A schema that is not valid JSON Schema (by its own $schema's metaschema, 2020-12 when absent)."""
+    if not isinstance(schema.get("$schema", ""), str):  # jsonschema looks it up in a dict, as a string
+        raise InvalidValue("structured_outputs.json", _shown(schema), "a JSON Schema whose $schema is a URI string")
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         validator.check_schema(schema)

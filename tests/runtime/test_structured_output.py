@@ -256,6 +256,7 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         ({"jsn": {}}, r"structured_outputs=\['jsn'\] is invalid: must be keys among"),
         ({"json": {"type": "integer", "minimum": 10**400}}, r"structured_outputs.json=.*that llguidance supports"),
         ({"regex": "\ud800"}, r"structured_outputs.regex=.*surrogates not allowed"),
+        ({"json": {"$schema": []}}, r"structured_outputs.json=.*whose \$schema is a URI string"),
     ],
     ids=[
         "invalid-schema",
@@ -270,6 +271,7 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         "unknown-key",
         "number-past-64-bits",
         "lone-surrogate",
+        "schema-uri-not-a-string",
     ],
 )
 def test_bad_constraints_are_refused_naming_the_field_and_the_reason(tiny_llm, constraint, message):
