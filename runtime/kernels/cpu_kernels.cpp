@@ -1,4 +1,6 @@
-// Hand-written AVX-512 kernels for batch-1 (and small-batch) CPU decoding.
+// Hand-written SIMD kernels for batch-1 (and small-batch) CPU decoding, written once with Google Highway
+// (simd/) and compiled for every instruction set it targets: AVX2 (x86-64-v3), AVX-512, NEON and SVE; each
+// call runs the best one the CPU has (see simd/targets.h).
 //
 // Decoding a small model on a CPU is bound by two things: streaming the weights from memory once per
 // token, and the fixed cost of the ~25 small tensor ops per layer around the matmuls. PyTorch's packed
@@ -17,11 +19,13 @@
 //
 // Everything accumulates in float32; bfloat16 results are rounded once, at the end.
 //
-// The code: common.h (shared helpers), quantized_linear.cpp, small_ops.cpp, attention.cpp, and
-// decode_step.cpp (a decode step's layers in one call); this file binds them into one Python module.
+// The code: simd/ (the SIMD kernels on raw pointers, no PyTorch), and beside this file their tensor-facing
+// sides (checks, threads): quantized_linear.cpp, small_ops.cpp, attention.cpp, and decode_step.cpp (a decode
+// step's layers in one call); this file binds them into one Python module.
 #include <torch/extension.h>
 
 #include "common.h"
+#include "simd/targets.h"
 
 namespace tokenyard {
 void bind_decode_step(pybind11::module& m);
@@ -41,4 +45,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("chunk_attention", &tokenyard::chunk_attention, "short query chunks over their paged context, causally",
         nogil);
   tokenyard::bind_decode_step(m);
+  m.def("chosen_target", &tokenyard::simd::chosen_target, "the instruction set the kernels run on now");
+  m.def("compiled_targets", &tokenyard::simd::compiled_targets, "every instruction set compiled in, best first");
+  m.def("cap_targets", &tokenyard::simd::cap_targets, "run on no instruction set above this: avx2, avx512 or native");
+  m.def("chosen_target_is_native", &tokenyard::simd::chosen_target_is_native,
+        "whether the kernels run on an instruction set they are written for (AVX2 or better, NEON or better)");
+  m.def("bf16_dot_allowed", &tokenyard::simd::bf16_dot_allowed, "whether AVX512-BF16 dot products are used");
 }

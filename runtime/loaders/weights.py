@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 import tokenyard.runtime.loaders.gguf as gguf
 import tokenyard.runtime.loaders.hf as hf
+from tokenyard.runtime.cpu import cpu_isa
 from tokenyard.runtime.distributed.group import current
 from tokenyard.runtime.layers.attention import AttentionBackend
 from tokenyard.runtime.layers.linear import Linear, MergedLinear
@@ -63,7 +64,7 @@ def load_model(
         quantize_linears(model, quantization, quantization_group_size)
     tie_lm_head_to_quantized_embedding(model)
     weights_bytes = weight_bytes(model)
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch_dtype != torch.float16:
+    if device.type == "cpu" and can_prepack(torch_dtype):
         for module in model.modules():
             if isinstance(module, Linear) and module.weight is not None:
                 module.pack_for_cpu()
@@ -119,15 +120,39 @@ def build_model(
 
 
 def resolve_dtype(name: str, native: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype to compute in. On CPU, ``auto`` is bfloat16 only where the CPU computes it natively (and
+    oneDNN agrees), else float32, the fast float type there. An explicit bfloat16 is served on every CPU (half the
+    memory of float32): without oneDNN's bf16 path the linears skip the prepack (see ``can_prepack``) and run
+    PyTorch's plain bf16 matmul, ~4x slower than float32 for prefill and batches (measured under an AVX2 cap)."""
     if name == "auto":
         if device.type == "cuda":
             return native if native in (torch.float16, torch.bfloat16) else torch.bfloat16
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+        return torch.bfloat16 if cpu_isa().native_bfloat16 and _onednn_bfloat16() else torch.float32
     if name == "float16" and device.type == "cpu":
         raise ValueError(
             "dtype='float16' is not served on CPU (its matmuls are ~1000x slower there): use bfloat16 or float32"
         )
+    if name == "bfloat16" and device.type == "cpu" and not can_prepack(torch.bfloat16):
+        log.warning(
+            "dtype='bfloat16' on a CPU without oneDNN's bfloat16 path (%s): served through PyTorch's plain "
+            "kernels, several times slower than float32 here (dtype='auto' picks float32)",
+            cpu_isa().describe(),
+        )
     return getattr(torch, name)
+
+
+def can_prepack(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can reorder CPU linear weights of ``dtype`` into its blocked layout. Its bfloat16 path needs
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT (on an AVX2-only CPU the reorder raises mid-load); float16 is never
+    packed (not served on CPU)."""
+    if not torch.backends.mkldnn.is_available() or dtype == torch.float16:
+        return False
+    return dtype != torch.bfloat16 or (cpu_isa().onednn_bfloat16 and _onednn_bfloat16())
+
+
+def _onednn_bfloat16() -> bool:
+    """oneDNN's own answer (it honours ONEDNN_MAX_CPU_ISA, which TOKENYARD_CPU_ISA does not set)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def fill_weights(model: LlamaForCausalLM, weights: Iterable[tuple[str, torch.Tensor | AffineGroups]]) -> None:

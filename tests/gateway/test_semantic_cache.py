@@ -75,15 +75,24 @@ def test_a_semantic_hit_for_a_streaming_client_replays_the_original_stream(seman
 def test_redis_then_postgres_stopping_mid_traffic_fails_no_request_and_caching_resumes(
     semantic_gateway, redis_server, postgres_server
 ):
+    """Each stage (Redis down, then both stores down, then both back) lasts until requests have gone through in
+    it from start to finish, however long one takes on this CPU."""
     system = system_prompt()
-    statuses: list[int] = []
+    served: list[tuple[float, int]] = []  # (when it was sent, its status), appended once answered
     stop = threading.Event()
 
     def traffic() -> None:
         while not stop.is_set():
-            statuses.append(
-                ask(semantic_gateway, system=system, content=f"Spell the word {uuid.uuid4().hex[:4]}").status_code
-            )
+            sent = time.monotonic()
+            status = ask(semantic_gateway, system=system, content=f"Spell the word {uuid.uuid4().hex[:4]}").status_code
+            served.append((sent, status))
+
+    def until_served(count: int = 3, timeout: float = 120) -> None:
+        """Until ``count`` requests sent from now on have been answered."""
+        since = time.monotonic()
+        while sum(1 for sent, _ in list(served) if sent >= since) < count:
+            assert time.monotonic() - since < timeout, f"fewer than {count} requests answered in {timeout}s"
+            time.sleep(0.05)
 
     errors_before = {
         s: metric(semantic_gateway, "tokenyard_gateway_store_errors_total", store=s) for s in ("redis", "postgres")
@@ -92,21 +101,21 @@ def test_redis_then_postgres_stopping_mid_traffic_fails_no_request_and_caching_r
     for client in clients:
         client.start()
     try:
-        time.sleep(1)
+        until_served()
         redis_server.stop()
-        time.sleep(2)
+        until_served()
         postgres_server.stop()
-        time.sleep(3)
+        until_served()
         redis_server.start()
         postgres_server.start()
-        time.sleep(2)
+        until_served()
     finally:
         stop.set()
         for client in clients:
             client.join()
         redis_server.start()
         postgres_server.start()
-    assert len(statuses) > 10 and set(statuses) == {200}
+    assert len(served) >= 12 and {status for _, status in served} == {200}
     for store, before in errors_before.items():
         assert metric(semantic_gateway, "tokenyard_gateway_store_errors_total", store=store) > before, store
 

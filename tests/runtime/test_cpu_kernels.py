@@ -1,12 +1,17 @@
 """tokenyard's own CPU kernels (runtime/kernels) compute what the PyTorch code they replace computes: the
 quantized matmul against the dequantized weight, the small ops against their eager formulas, and a whole
 model the same greedy tokens with the kernels on and off. PyTorch's own packed kernels, which serve where
-ours cannot run, are held to the same reference."""
+ours cannot run, are held to the same reference.
+
+Every kernel test runs once per path this CPU has (on x86-64: AVX2; AVX-512 where present, with and without
+its bfloat16 dot products; a test id names the one it ran on), by capping the dispatch as TOKENYARD_CPU_ISA
+does."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,9 +33,31 @@ from tokenyard.runtime.quantization.kernels import (
     make_quantized_weight,
 )
 
-pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels need AVX-512 and a C++ compiler")
+pytestmark = [
+    pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels need AVX2 or NEON, Highway and a C++ compiler"),
+    pytest.mark.usefixtures("instruction_set"),
+]
 
 CPU = torch.device("cpu")
+# The paths x86-64 CPUs run, by the TOKENYARD_CPU_ISA cap that selects each: AVX2, AVX-512 (float32 FMAs), and
+# AVX-512 with its bfloat16 dot products where the CPU has them.
+CAPS = ["avx2", "avx512", "native"] if platform.machine() == "x86_64" else ["native"]
+
+
+@pytest.fixture(params=CAPS)
+def instruction_set(request):
+    """The kernels capped to one instruction set for the test (skipped where this CPU lacks it)."""
+    module = cpu_kernels()
+    module.cap_targets(request.param)
+    try:
+        expected = {"avx2": "AVX2", "avx512": "AVX3"}.get(request.param)
+        if expected is not None and module.chosen_target() != expected:
+            pytest.skip(f"this CPU has no {expected} (the kernels run {module.chosen_target()} at most)")
+        if request.param == "native" and platform.machine() == "x86_64" and not module.bf16_dot_allowed():
+            pytest.skip("this CPU has no AVX512-BF16: native is the avx2 or avx512 case")
+        yield module.chosen_target()
+    finally:
+        module.cap_targets(os.environ.get("TOKENYARD_CPU_ISA", "native").strip().lower())
 
 
 def reference_matmul(x: torch.Tensor, groups: AffineGroups) -> torch.Tensor:
@@ -268,3 +295,14 @@ def test_a_missing_prebuilt_module_leaves_pytorchs_kernels_serving_and_says_why(
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "None"
     assert f"{PREBUILT_ENV}={tmp_path / 'absent.so'}" in run.stderr
+
+
+def test_the_instruction_set_cap_in_the_environment_decides_which_kernels_a_process_runs(tmp_path):
+    """TOKENYARD_CPU_ISA=avx2 on any x86-64 CPU with AVX2: the AVX2 kernels, as on a CPU without AVX-512."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the avx2 cap is an x86-64 one")
+    chosen = "from tokenyard.runtime.kernels import cpu_kernels as k; print(k().chosen_target())"
+    env = {**os.environ, "TOKENYARD_CPU_ISA": "avx2", PREBUILT_ENV: cpu_kernels().__file__}
+    run = subprocess.run([sys.executable, "-c", chosen], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "AVX2"
