@@ -40,9 +40,17 @@ at::Tensor quantized_linear(const at::Tensor& x_in, const at::Tensor& codes, con
   uint16_t* x_bf16 = xb.empty() ? nullptr : xb.data();
   simd::prepare_quantized_x(dtype, x.data_ptr(), M, width, K, group, xf.data(), x_bf16, xsum.data());
   const simd::DType scales_dtype = bf16_scales ? simd::DType::kBFloat16 : simd::DType::kFloat32;
+  // prefill: x once more as int8, for integer dot products (see quantize_x_int8)
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xd;
+  const bool int8_dot = simd::quantized_uses_int8_dot(int(bits), M);
+  xq.resize(int8_dot ? 2 * M * K : 0);
+  xd.resize(int8_dot ? M * groups : 0);
+  if (int8_dot) simd::quantize_x_int8(xf.data(), M, K, group, xq.data(), xd.data());
   const simd::QuantizedMatmul p{static_cast<const uint8_t*>(codes.data_ptr()), int(bits), scales.data_ptr(),
                                 symmetric ? nullptr : mins.data_ptr(), scales_dtype, xf.data(), x_bf16, xsum.data(),
-                                M, K, N, group, groups};
+                                M, K, N, group, groups, int8_dot ? xq.data() : nullptr,
+                                int8_dot ? xd.data() : nullptr};
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = N;
   at::Tensor out = at::empty(out_shape, x.options());

@@ -94,9 +94,10 @@ def assert_matches(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
         (8, 33, 256, 32),  # groupwise 8-bit (GGUF Q8_0)
     ],
 )
-@pytest.mark.parametrize("rows", [1, 2, 3, 6, 11, 40])  # every register blocking, and several passes over a block
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 11, 15])  # every register blocking, and several passes over a block
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in_features, group_size, rows, dtype):
+    """Below INT8_DOT_FROM_ROWS rows of x every path takes float32 FMAs."""
     groups = random_groups(bits, out_features, in_features, group_size)
     weight = CpuGroupWeight(groups, group_size, dtype)
     if dtype == torch.bfloat16:  # the weight is what its bfloat16 scales and mins describe
@@ -105,6 +106,66 @@ def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in
     out = weight.forward(x)
     assert out.dtype == dtype and out.shape == (rows, out_features)
     assert_matches(out, reference_matmul(x, groups), dtype)
+
+
+# From this many rows of x (prefill), 4-bit codes on AVX2 and AVX-512 go through int8 dot products: x as two int8
+# terms per row and group, x = d * (q + r / 254) with d = max|x| / 127 (kInt8DotFromRows and quantize_x_int8 in
+# simd/quantized_linear_simd.cc).
+INT8_DOT_FROM_ROWS = 16
+# Relative to the output's largest value: each x is off by at most d / 508, 1 / 64516 of its group's largest, and
+# the K errors add up as a random walk: about 2e-5 for Gaussian x (K = 192 to 1536, groups of 32 to 96), so 1e-4
+# leaves room; bfloat16 outputs add their own rounding, as on the float path.
+INT8_DOT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2**-7}
+
+
+def int8_bound(x: torch.Tensor, groups: AffineGroups) -> torch.Tensor:
+    """The most the two int8 terms can move each output: d / 508 per x, times the codes' part of the weight
+    (the mins multiply exact sums of x)."""
+    x = x.double().unflatten(1, (-1, groups.group_size))
+    errors = (x.abs().amax(2, keepdim=True) / (127 * 508)).expand_as(x).flatten(1)
+    code_part = groups.codes.double() * groups.scales.double().repeat_interleave(groups.group_size, 1)
+    return errors @ code_part.abs().T
+
+
+@pytest.mark.parametrize(
+    ("out_features", "in_features", "group_size"),
+    [
+        (96, 576, 32),  # SmolLM2's K in groups of 32
+        (61, 1536, 64),  # the down projection's K; rows that do not fill the last tile; 2 x 32 columns a group
+        (40, 192, 96),  # a group size that is not a multiple of 64
+    ],
+)
+@pytest.mark.parametrize("rows", [INT8_DOT_FROM_ROWS, 21, 64])  # passes of every register blocking
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantized_linear_of_a_prefill_computes_the_dequantized_matmul_to_int8_precision(
+    instruction_set, out_features, in_features, group_size, rows, dtype
+):
+    groups = random_groups(4, out_features, in_features, group_size)
+    weight = CpuGroupWeight(groups, group_size, dtype)
+    if dtype == torch.bfloat16:
+        groups = replace(groups, scales=groups.scales.bfloat16().float(), mins=groups.mins.bfloat16().float())
+    x = torch.randn(rows, in_features).to(dtype)
+    x[3] *= 4  # rows of different magnitudes: each row has its own scales
+    x[5, :group_size] = 0  # a group of zeros (its scale is 0)
+    out = weight.forward(x)
+    assert out.dtype == dtype and out.shape == (rows, out_features)
+    expected = reference_matmul(x, groups)
+    if instruction_set not in ("AVX2", "AVX3"):  # other targets take float32 FMAs at any number of rows
+        return assert_matches(out, expected, dtype)
+    scale = expected.abs().max().item()
+    error = (out.double() - expected).abs()
+    slack = (1e-6 if dtype == torch.float32 else 2**-8) * scale  # float32 sums; bfloat16 outputs
+    assert (error <= int8_bound(x, groups) + slack).all()  # every x within d / 508
+    assert error.max().item() <= INT8_DOT_TOLERANCE[dtype] * scale
+    if dtype == torch.float32:  # the int8 path ran: float32 FMAs come within about 3e-7
+        assert error.max().item() > 2e-6 * scale
+
+
+def test_quantized_linear_takes_int8_dot_products_for_4_bit_codes_only():
+    """8-bit codes stay exact at any number of rows (int8 x would gain them nothing, see the kernel)."""
+    groups = random_groups(8, 33, 256, 32)
+    x = torch.randn(64, 256)
+    assert_matches(CpuGroupWeight(groups, 32, torch.float32).forward(x), reference_matmul(x, groups), torch.float32)
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,25 @@ struct QuantizedMatmul {
   const uint16_t* x_bf16;  // (M, K) bfloat16 bits where quantized_uses_bf16_dot, else nullptr
   const float* x_sums;    // (M, groups): what the mins multiply
   int64_t M, K, N, group, groups;
+  // Where quantized_uses_int8_dot: x as two int8 terms (M, 2K) and its steps d (M, groups), see
+  // quantize_x_int8; else nullptr.
+  const int8_t* x_q = nullptr;
+  const float* x_d = nullptr;
 };
 
 // Whether a call of M rows of x goes through bfloat16 dot products (and so needs x_bf16).
 bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M);
+
+// Whether a call of M rows of x goes through int8 dot products (and so needs x_q and x_d): 4-bit codes on
+// AVX2 and AVX-512, from enough rows (prefill) that the compute, not the weight stream, bounds the matmul.
+bool quantized_uses_int8_dot(int bits, int64_t M);
+
+// x_float (M, K) as two int8 terms, symmetric per row and group: x = d * (q + r / 254) to within d / 508, with
+// q = round(x / d), d = max|x| / 127, r = round(254 * (x / d - q)) (|r| <= 127), one d per row and group into
+// x_d. x_q is (M, 2K): each 8 columns c..c+7 as their 8 q then their 8 r, both in the order c+0, 4, 1, 5, 2,
+// 6, 3, 7: the order in which a 4-bit block's nibbles come out of a 32-bit word masked with 0x0F0F0F0F (then
+// shifted right by 4).
+void quantize_x_int8(const float* x_float, int64_t M, int64_t K, int64_t group, int8_t* x_q, float* x_d);
 
 // x (M rows of `width` values, float32 or bfloat16) as the kernels read it, once per call: float32 (M, K)
 // into x_float, its bfloat16 bits into x_bf16 (unless nullptr), and the sums of its groups into x_sums.

@@ -377,16 +377,23 @@ __attribute__((target("avx512bf16"))) void tiles_bf16(const QuantizedMatmul& p, 
 
 #if HWY_TARGET == HWY_AVX2 || TOKENYARD_AVX512
 #define TOKENYARD_INT8_DOT 1
-// Prefill (M >= kInt8DotFromRows): float32 FMAs bound the matmul, one per code and row of x. Instead x comes as
-// int8 (quantize_x_int8) and vpmaddubsw multiplies 4-bit codes (u8, 0..15) by it in pairs into int16 lanes:
-// one instruction per 2 codes of a lane's row (4 on AVX-512 ... per 32-bit lane), against 8 FMAs per 8 codes.
-// Nibbles need no regrouping: a 32-bit word (one row, 8 columns) masked with 0x0F0F0F0F is 4 bytes of codes,
-// shifted right by 4 the other 4, and x_q is stored in that order, so a lane's x is one 32-bit broadcast.
-// int16 sums of one group's 32 columns stay below 32 * 15 * 127 = 60960 / 2 per lane pair... precisely: each
-// int16 lane sums 16 products of at most 15 * 127, 30480 < 32767, so nothing saturates; vpmaddwd by 1 then
-// widens to int32, converted to float once per 32 columns and scaled by scale_w * d_x.
+// Prefill (M >= kInt8DotFromRows): one float32 FMA per code and row of x bounds the matmul. Instead x comes as
+// two int8 terms, x = d * (q + r / 254) (quantize_x_int8: as close as float32 FMAs come, where q alone would move
+// the outputs by about 5e-3 of their largest and change greedy tokens), and vpmaddubsw multiplies 4-bit codes
+// (u8, 0..15) by each, two codes per int16 lane per instruction. The nibbles need no regrouping: a block's
+// 32-bit word (one row, 8 columns) masked with 0x0F0F0F0F is 4 bytes of codes, shifted right by 4 the other 4,
+// and x_q is stored in that order, so each term of a row of x is one 32-bit broadcast per half. One int16 lane
+// sums 16 products of a group's 32 columns, at most 16 * 15 * 127 = 30480 < 32767: nothing saturates.
+// vpmaddwd by 1 widens to int32, converted to float once per 32 columns and scaled by scale_w * d; the mins
+// take the exact float sums of x, as on the float path.
+// (8-bit codes stay on float32 FMAs: row by row, each 32 columns of a row of x would cost a sign, two multiplies,
+// widenings, conversions and FMAs per weight row, more than the float path's 4 FMAs on AVX2.)
 using DI = hn::RebindToSigned<DF>;
 using VI = hn::Vec<DI>;
+
+// Rows of x a pass over a tile takes: each needs a float32 total and two int16 accumulators per vector of rows,
+// and more spill (AVX2: 2.1x over the float path at 2 rows, 1.7x at 3, 1.4x at 4; AVX-512: 4 rows 5% over 8).
+constexpr int kInt8RowsOfX = TOKENYARD_AVX512 ? 4 : 2;
 
 HWY_INLINE VI codes_times_x(VU codes, int32_t x) {  // int16 pairs: codes (u8) * x's 4 bytes (i8)
 #if TOKENYARD_AVX512
@@ -426,22 +433,25 @@ void tile_int8(const QuantizedMatmul& p, int64_t tile, T* out) {
       const int64_t at = (tile * p.groups + g) * 16 + v * kLanes;
       const VF scales = load_values(d, p.scales, p.scales_dtype, at);
       for (int64_t b0 = g * p.group / 8; b0 < (g + 1) * p.group / 8; b0 += 4) {  // 32 columns: 4 blocks
-        VI dot[M];
-        for (int m = 0; m < M; ++m) dot[m] = hn::Zero(DI());
+        VI dot[M], rest[M];
+        for (int m = 0; m < M; ++m) dot[m] = rest[m] = hn::Zero(DI());
         for (int64_t b = b0; b < b0 + 4; ++b) {
           const uint8_t* block = codes + 64 * b;
           if (v == 0) hwy::Prefetch(block + kPrefetchBytes);
           const VU words = hn::LoadU(du, reinterpret_cast<const uint32_t*>(block) + v * kLanes);
           const VU even = hn::And(words, low_nibbles), odd = hn::And(hn::ShiftRight<4>(words), low_nibbles);
           for (int m = 0; m < M; ++m) {
-            int32_t x[2];
-            std::memcpy(x, p.x_q + m * p.K + 8 * b, sizeof x);
+            int32_t x[4];  // the block's 8 x in int8, then their 8 remainders
+            std::memcpy(x, p.x_q + m * 2 * p.K + 16 * b, sizeof x);
             dot[m] = add16(dot[m], add16(codes_times_x(even, x[0]), codes_times_x(odd, x[1])));
+            rest[m] = add16(rest[m], add16(codes_times_x(even, x[2]), codes_times_x(odd, x[3])));
           }
         }
         for (int m = 0; m < M; ++m) {
-          const VF scaled = hn::Mul(scales, hn::Set(d, p.x_d[m * p.groups + g]));
-          total[m] = hn::MulAdd(hn::ConvertTo(d, widen_pairs(dot[m])), scaled, total[m]);
+          const VF step = hn::Set(d, p.x_d[m * p.groups + g]), fine = hn::Set(d, p.x_d[m * p.groups + g] / 254.f);
+          const VF dots = hn::MulAdd(hn::ConvertTo(d, widen_pairs(rest[m])), fine,
+                                     hn::Mul(hn::ConvertTo(d, widen_pairs(dot[m])), step));
+          total[m] = hn::MulAdd(dots, scales, total[m]);
         }
       }
       if (p.mins != nullptr) {
@@ -468,13 +478,23 @@ void tile_int8(const QuantizedMatmul& p, int64_t tile, T* out) {
 
 bool Int8DotTarget() { return TOKENYARD_INT8_DOT; }
 
+QuantizedMatmul from_row_of_x(QuantizedMatmul p, int64_t m);
+
 // Tiles [begin, end) against M rows of x (bfloat16 dot products: two tiles at a time for one or two rows of x,
 // four independent chains).
 template <int M, typename T>
 void tiles(const QuantizedMatmul& p, int64_t begin, int64_t end, T* out) {
 #if TOKENYARD_INT8_DOT
   if (p.x_q != nullptr) {
-    for (int64_t tile = begin; tile < end; ++tile) tile_int8<M>(p, tile, out);
+    if constexpr (M > kInt8RowsOfX) {  // two passes over the tile: the accumulators of M rows would spill
+      const QuantizedMatmul rest = from_row_of_x(p, kInt8RowsOfX);
+      for (int64_t tile = begin; tile < end; ++tile) {
+        tile_int8<kInt8RowsOfX>(p, tile, out);
+        tile_int8<M - kInt8RowsOfX>(rest, tile, out + kInt8RowsOfX * p.N);
+      }
+    } else {
+      for (int64_t tile = begin; tile < end; ++tile) tile_int8<M>(p, tile, out);
+    }
     return;
   }
 #endif
@@ -497,7 +517,7 @@ QuantizedMatmul from_row_of_x(QuantizedMatmul p, int64_t m) {
   p.x += m * p.K;
   p.x_sums += m * p.groups;
   if (p.x_bf16 != nullptr) p.x_bf16 += m * p.K;
-  if (p.x_q != nullptr) p.x_q += m * p.K, p.x_d += m * p.groups;
+  if (p.x_q != nullptr) p.x_q += m * 2 * p.K, p.x_d += m * p.groups;
   return p;
 }
 
@@ -557,6 +577,10 @@ constexpr int64_t kBf16Int8FromRows = 4;
 constexpr int64_t kInt8DotFromRows = 16;
 }  // namespace
 
+bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M) {
+  return x_dtype == DType::kBFloat16 && bf16_dot_allowed() && (bits == 4 || M >= kBf16Int8FromRows);
+}
+
 bool quantized_uses_int8_dot(int bits, int64_t M) {
   return bits == 4 && M >= kInt8DotFromRows && HWY_DYNAMIC_DISPATCH(Int8DotTarget)();
 }
@@ -571,14 +595,14 @@ void quantize_x_int8(const float* x_float, int64_t M, int64_t K, int64_t group, 
       for (int64_t k = 0; k < group; ++k) largest = std::max(largest, std::fabs(x[k]));
       const float d = largest / 127.f, inverse = largest > 0.f ? 127.f / largest : 0.f;
       x_d[m * groups + g] = d;
-      int8_t* q = x_q + m * K + g * group;
-      for (int64_t k = 0; k < group; k += 8)
-        for (int c = 0; c < 8; ++c) q[k + c] = int8_t(std::nearbyint(x[k + kOrder[c]] * inverse));
+      int8_t* q = x_q + m * 2 * K + 2 * g * group;
+      for (int64_t k = 0; k < group; k += 8, q += 16)
+        for (int c = 0; c < 8; ++c) {
+          const float value = x[k + kOrder[c]], steps = std::nearbyint(value * inverse);
+          q[c] = int8_t(steps);
+          q[8 + c] = int8_t(std::nearbyint((value - steps * d) * inverse * 254.f));  // |value - steps d| <= d / 2
+        }
     }
-}
-
-bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M) {
-  return x_dtype == DType::kBFloat16 && bf16_dot_allowed() && (bits == 4 || M >= kBf16Int8FromRows);
 }
 
 void prepare_quantized_x(DType dtype, const void* x, int64_t M, int64_t width, int64_t K, int64_t group,
