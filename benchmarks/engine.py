@@ -1,7 +1,10 @@
 """Engine benchmark on the packaged SmolLM2-135M: tokenyard's engine against Hugging Face transformers
-(`generate`) measured in the same process, reported as ratios in docs/benchmarks.md.
+(`generate`) measured in the same process, reported as ratios in docs/benchmarks.md, one section per CPU kind
+(``engine-avx2``, ``engine-avx512_bf16``, ...). Batch-1 decode is compared in float32 and, where the CPU computes
+bfloat16 natively, in bfloat16 too; the classifier rows run in the faster of the two.
 
     python -m tokenyard.benchmarks.engine --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.engine --isa avx2 --out docs/benchmarks.md   # the AVX2 path on an AVX-512 CPU
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from tokenyard.benchmarks.report import cpu_description, write_section
+from tokenyard.benchmarks.report import add_isa_argument, cpu_description, force_isa, section_for, write_section
 from tokenyard.benchmarks.workloads import classifier_conversations
 from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.cpu import cpu_isa
 from tokenyard.runtime.loaders import packaged_model_path
 from tokenyard.runtime.loaders.export import export_gguf_to_hf
 
@@ -92,7 +96,7 @@ def hf_generate(model, tokenizer, batch: list[list[int]], new_tokens: int) -> fl
     return time.perf_counter() - start
 
 
-def classifier_rows(llm: LLM, hf, requests: int, sequential: int, batch_size: int) -> list[Row]:
+def classifier_rows(llm: LLM, hf, requests: int, sequential: int, batch_size: int, dtype: str) -> list[Row]:
     model, tokenizer = hf
     conversations = classifier_conversations(requests, seed=1)
     ids = hf_chat_ids(tokenizer, conversations)
@@ -113,18 +117,18 @@ def classifier_rows(llm: LLM, hf, requests: int, sequential: int, batch_size: in
     engine = sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - start)
     return [
         Row(
-            f"classifier workload, {requests} requests, output tok/s",
+            f"classifier workload, {requests} requests, {dtype}, output tok/s",
             engine,
             "tok/s",
-            "transformers generate, one request at a time",
+            f"transformers generate, one request at a time, {dtype}",
             hf_sequential,
             ">= 10x",
         ),
         Row(
-            f"classifier workload, {requests} requests, output tok/s",
+            f"classifier workload, {requests} requests, {dtype}, output tok/s",
             engine,
             "tok/s",
-            f"transformers generate, padded static batches of {batch_size}",
+            f"transformers generate, padded static batches of {batch_size}, {dtype}",
             hf_batched,
             ">= 3x",
         ),
@@ -186,16 +190,24 @@ def best_of(runs: int, measure: Callable[[], float]) -> float:
     return max(measure() for _ in range(runs))
 
 
+def compared_dtypes(native_bfloat16: bool) -> list[torch.dtype]:
+    """The float dtypes both sides are compared in, the fastest first (the classifier rows run in it): bfloat16
+    only where the CPU computes it natively; without that, PyTorch's bfloat16 kernels are emulated (several times
+    slower than float32, on both sides), so float32 is the CPU's float and bfloat16 rows would say nothing."""
+    return [torch.bfloat16, torch.float32] if native_bfloat16 else [torch.float32]
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     dense = export_gguf_to_hf(packaged_model_path(), Path(tempfile.mkdtemp()) / "smollm2", torch.float32)
-    for dtype in (torch.bfloat16, torch.float32):
+    dtypes = compared_dtypes(cpu_isa().native_bfloat16)
+    for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
         llm = LLM(dtype=name, max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=1 << 30)
         hf = hf_model(dense, dtype)
-        if dtype is torch.bfloat16:  # the fastest dtype of both sides on this CPU
-            rows += classifier_rows(llm, hf, args.requests, args.sequential, args.batch_size)
+        if dtype is dtypes[0]:  # the fastest dtype of both sides on this CPU
+            rows += classifier_rows(llm, hf, args.requests, args.sequential, args.batch_size, name)
             rows.append(prefix_cache_row(llm))
         engine_rate = best_of(3, partial(decode_rate_engine, llm, args.decode_tokens))
         hf_rate = best_of(3, partial(decode_rate_hf, hf, args.decode_tokens))
@@ -214,8 +226,9 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
+    isa = cpu_isa()
     lines = [
-        "## Engine: SmolLM2-135M-Instruct, CPU (`python -m tokenyard.benchmarks.engine`)",
+        f"## Engine: SmolLM2-135M-Instruct, CPU, {isa.name} (`python -m tokenyard.benchmarks.engine`)",
         "",
         "Both sides run the same weights: the packaged Q4_1 GGUF dequantized; transformers reads them from a",
         "dense Hugging Face export (`tokenyard.runtime.loaders.export`), as a transformers user would.",
@@ -231,7 +244,15 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         f"Transformers one-at-a-time runs {args.sequential} requests (it is slow); the padded batches run "
         f"{2 * args.batch_size} requests; the engine runs all {args.requests} with max_num_seqs=64.",
         "The engine's run starts with the system prompt in its prefix cache (a warm server's steady state).",
-        "llama.cpp is not built by `make bench` (it compiles for ~7 minutes); see the quantization issue.",
+    ]
+    if not isa.native_bfloat16:
+        lines.append(
+            "No bfloat16 rows: this CPU has no native bfloat16 (PyTorch's bfloat16 kernels are emulated here, several "
+            "times slower than float32 on both sides), so float32 is its float and the only one compared."
+        )
+    lines += [
+        "tokenyard against llama.cpp on the same CPU kind: the `llama_cpp` section "
+        f"(`python -m tokenyard.benchmarks.llama_cpp`, section `{section_for('llama_cpp')}`).",
         "",
     ]
     return "\n".join(lines)
@@ -245,9 +266,11 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--decode-tokens", type=int, default=128)
+    add_isa_argument(parser)
     args = parser.parse_args()
+    force_isa(args)
     report = render(run(args), args)
-    write_section(args.out, "engine", report)
+    write_section(args.out, section_for("engine"), report)
     print(report)
 
 

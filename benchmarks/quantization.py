@@ -1,39 +1,44 @@
-"""Quantization speed on the packaged SmolLM2-135M: batch-1 decode and 32-sequence throughput for bf16
-(the baseline), int8, int4 (groups of 32 and 128) and the GGUF file kept packed (Q4_1 layers, Q8_0
-tied embedding/LM head), all measured in one run, reported as ratios to bf16; llama.cpp
-(llama-cpp-python, 2 threads) on the same file when it is installed.
+"""Quantization speed on the packaged SmolLM2-135M: batch-1 decode and 32-sequence throughput for float
+(the baseline, in the dtype this CPU computes fastest: bfloat16 where it is native, float32 elsewhere), int8,
+int4 (groups of 32 and 128) and the GGUF file kept packed (Q4_1 layers, Q8_0 tied embedding/LM head), all in
+that same dtype and measured in one run, reported as ratios to float; llama.cpp (llama-cpp-python, 2 threads)
+on the same file when it is installed. One section per CPU kind (``quantization-avx2``, ...).
 
     python -m tokenyard.benchmarks.quantization --out docs/benchmarks.md
+    python -m tokenyard.benchmarks.quantization --isa avx2 --out docs/benchmarks.md   # AVX2 path on AVX-512
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tokenyard.benchmarks.engine import DECODE_PROMPT, decode_rate_engine
-from tokenyard.benchmarks.report import write_section
+from tokenyard.benchmarks.report import add_isa_argument, cpu_description, force_isa, section_for, write_section
 from tokenyard.runtime import LLM, SamplingParams
+from tokenyard.runtime.cpu import cpu_isa
 from tokenyard.runtime.loaders import packaged_model_path
 
-# name -> engine settings (the file is the packaged GGUF in every case)
-FORMATS = {
-    "bf16": dict(dtype="bfloat16"),
-    "int8": dict(dtype="bfloat16", quantization="int8"),
-    "int4, groups of 32": dict(dtype="bfloat16", quantization="int4", quantization_group_size=32),
-    "int4, groups of 128": dict(dtype="bfloat16", quantization="int4", quantization_group_size=128),
-    "GGUF Q4_1 kept packed": dict(dtype="bfloat16", quantization="gguf"),
+# name -> engine settings (the file is the packaged GGUF in every case). dtype "auto": the float the CPU computes
+# fastest (bfloat16 where native, float32 elsewhere), the baseline's and the quantized formats' alike.
+FLOAT = "float"
+FORMATS: dict[str, dict[str, Any]] = {
+    FLOAT: dict(dtype="auto"),
+    "int8": dict(dtype="auto", quantization="int8"),
+    "int4, groups of 32": dict(dtype="auto", quantization="int4", quantization_group_size=32),
+    "int4, groups of 128": dict(dtype="auto", quantization="int4", quantization_group_size=128),
+    "GGUF Q4_1 kept packed": dict(dtype="auto", quantization="gguf"),
 }
 LLAMA_CPP = "llama.cpp (llama-cpp-python), same Q4_1 file"
-TARGETS = {"int8": 1.6, "int4, groups of 32": 2.0, "int4, groups of 128": 2.0}  # batch-1 decode vs bf16
+TARGETS = {"int8": 1.6, "int4, groups of 32": 2.0, "int4, groups of 128": 2.0}  # batch-1 decode vs float
 CONCURRENCY = 32
 
 
@@ -43,6 +48,7 @@ class Row:
     weights_mib: float
     decode: float  # batch-1 decode tok/s
     throughput: float | None  # output tok/s with CONCURRENCY sequences
+    dtype: str = ""  # the float the engine computes in ("float32", "bfloat16"); "" for llama.cpp
 
 
 def throughput(llm: LLM, tokens: int) -> float:
@@ -54,7 +60,7 @@ def throughput(llm: LLM, tokens: int) -> float:
     return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - start)
 
 
-def load(settings: dict) -> LLM:
+def load(settings: dict[str, Any]) -> LLM:
     return LLM(
         str(packaged_model_path()),
         max_model_len=1024,
@@ -103,7 +109,13 @@ def run(args: argparse.Namespace) -> list[Row]:
         for name, llm in engines.items():
             rate[name] = max(rate[name], throughput(llm, args.throughput_tokens))
     rows = [
-        Row(name, llm.engine.executor.runner.loaded.weights_bytes / 2**20, decode[name], rate[name])
+        Row(
+            name,
+            llm.engine.executor.runner.loaded.weights_bytes / 2**20,
+            decode[name],
+            rate[name],
+            str(llm.engine.executor.runner.loaded.dtype).removeprefix("torch."),
+        )
         for name, llm in engines.items()
     ]
     if reference is not None:
@@ -113,18 +125,23 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def render(rows: list[Row], args: argparse.Namespace) -> str:
     base = rows[0]
+    dtype = base.dtype or "float"
+    float_name = f"float ({dtype})"
     lines = [
-        "## Quantization: SmolLM2-135M-Instruct, CPU (`python -m tokenyard.benchmarks.quantization`)",
+        f"## Quantization: SmolLM2-135M-Instruct, CPU, {cpu_isa().name} "
+        "(`python -m tokenyard.benchmarks.quantization`)",
         "",
-        f"Machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}. Every row loads the "
-        "packaged Q4_1 GGUF: bf16 dequantizes it, int8/int4 quantize the dequantized weights at load (LM head "
-        "included), the GGUF row keeps Q4_1 layers and the Q8_0 embedding/LM head packed "
+        f"Machine: {cpu_description()}; {args.threads} threads, torch {torch.__version__}. Every row loads "
+        f"the packaged Q4_1 GGUF and computes in {dtype} (`dtype=auto`: the float this CPU computes fastest, "
+        "bfloat16 where it is native, float32 elsewhere): the float row dequantizes it, int8/int4 quantize the "
+        "dequantized weights at load (LM head included), the GGUF row keeps Q4_1 layers and the Q8_0 embedding/LM "
+        "head packed "
         f"(`--quantization gguf`). Batch-1 decode: {args.decode_tokens} tokens after a short prompt; throughput: "
         f"{CONCURRENCY} concurrent sequences of {args.throughput_tokens} tokens. Best of {args.runs} runs, taken "
         "in turn across the formats (all loaded at once) so that the machine's slow spells hit them alike.",
         "",
-        "| format | weights (MiB) | batch-1 decode tok/s | vs bf16 | target | met | "
-        f"{CONCURRENCY}-sequence tok/s | vs bf16 |",
+        f"| format | weights (MiB) | batch-1 decode tok/s | vs {float_name} | target | met | "
+        f"{CONCURRENCY}-sequence tok/s | vs {float_name} |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
     ]
     for row in rows:
@@ -133,9 +150,12 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         met = "" if target is None else ("yes" if ratio >= target else "NO")
         target_text = f">= {target}x" if target else ("parity (goal)" if row.name.startswith("llama.cpp") else "")
         batch = "n/a" if row.throughput is None else f"{row.throughput:.1f}"
-        batch_ratio = "" if row.throughput is None else f"{row.throughput / base.throughput:.2f}x"
+        batch_ratio = (
+            "" if row.throughput is None or not base.throughput else f"{row.throughput / base.throughput:.2f}x"
+        )
+        name = float_name if row.name == FLOAT else row.name
         lines.append(
-            f"| {row.name} | {row.weights_mib:.0f} | {row.decode:.1f} | {ratio:.2f}x | {target_text} | {met} | "
+            f"| {name} | {row.weights_mib:.0f} | {row.decode:.1f} | {ratio:.2f}x | {target_text} | {met} | "
             f"{batch} | {batch_ratio} |"
         )
     if not rows[-1].name.startswith("llama.cpp"):
@@ -156,9 +176,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--throughput-tokens", type=int, default=64)
+    add_isa_argument(parser)
     args = parser.parse_args()
+    force_isa(args)
     report = render(run(args), args)
-    write_section(Path(args.out), "quantization", report)
+    write_section(Path(args.out), section_for("quantization"), report)
     print(report)
 
 

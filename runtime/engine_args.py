@@ -65,9 +65,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-threads",
         type=int,
         default=None,
-        help="CPU threads for torch's kernels (default: torch's choice, one per core). On a machine other "
-        "processes share, fewer: a compute thread that loses its core stalls every step (measured on 2 cores with "
-        "another process busy: a 900-token request took 31 s with 2 threads, 0.8 s with 1)",
+        help="CPU threads for torch's kernels, per tensor-parallel rank (default: the cores this process may use, "
+        "its cgroup CPU quota (a Kubernetes CPU limit) rounded up and its affinity mask, shared among the ranks; "
+        "not the host's core count). Idle threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE unless "
+        "OMP_WAIT_POLICY or GOMP_SPINCOUNT is set), so other processes on the same cores cost this one only "
+        "their share; fewer threads still help where they take more than theirs",
     )
 
 

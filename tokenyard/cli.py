@@ -28,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("tokenyard.evals.cli", "run a testset against an endpoint, write baselines, gate on quality (RAGAS)"),
 }
 
+# The subcommands that run the engine: their OpenMP threads sleep at barriers instead of spinning (see
+# tokenyard.runtime.threads); a tensor-parallel worker inherits the setting with the environment.
+ENGINE_SUBCOMMANDS = ("serve", "generate")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenyard", description="Kubernetes-native LLM serving.")
@@ -50,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the output
     name, rest = argv[0], argv[1:]
+    if name in ENGINE_SUBCOMMANDS:  # before the subcommand's module imports torch: libgomp reads it only then
+        from tokenyard.runtime.threads import set_wait_policy
+
+        set_wait_policy()
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"tokenyard {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub)

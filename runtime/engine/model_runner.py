@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from tokenyard.runtime.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from tokenyard.runtime.engine.cpu_decode import CpuDecodePath
@@ -22,6 +23,7 @@ from tokenyard.runtime.layers.attention import (
 from tokenyard.runtime.layers.sampler import Sampled, SamplingRow, sample
 from tokenyard.runtime.loaders import LoadedModel, load_model, resolve_model
 from tokenyard.runtime.spec_decode.rejection import verify
+from tokenyard.runtime.threads import log_threads, resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,8 @@ class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        if self.device.type == "cpu" and config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        if self.device.type == "cpu":
+            use_cpu_threads(config)
         check_kv_cache_dtype(config.kv_cache_dtype, self.device)
         self.backend = TorchAttentionBackend(config.kv_cache_dtype)
         self.loaded: LoadedModel = load_model(
@@ -210,6 +212,16 @@ def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
     if start >= prompt_len:  # a decode, with the draft tokens it verifies
         return (seq.output_token_ids + seq.draft_token_ids)[start - prompt_len : end - prompt_len]
     return (seq.prompt_token_ids[start:end] + seq.output_token_ids + seq.draft_token_ids)[: end - start]
+
+
+def use_cpu_threads(config: EngineConfig) -> None:
+    """Set torch's thread count (process-wide) to ``--num-threads`` or the usable cores (runtime/threads.py). Under
+    tensor parallelism the ranks on this machine share the cores: a rank's own runner is built before its group
+    is joined (config.tensor_parallel_size), a draft model's runner on rank 0 after (the group's size)."""
+    ranks = max(config.tensor_parallel_size, dist.get_world_size() if dist.is_initialized() else 1)
+    choice = resolve_threads(config.num_threads, ranks)
+    torch.set_num_threads(choice.threads)
+    log_threads(choice)
 
 
 def resolve_device(name: str) -> torch.device:

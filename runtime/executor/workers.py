@@ -8,7 +8,6 @@ collectives run over torch.distributed (gloo on CPU, NCCL on GPU)."""
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -60,10 +59,8 @@ class TensorParallelWorkers:
             raise RuntimeError(
                 "a tensor-parallel engine is already running in this process: shut it down first (LLM.shutdown())"
             )
-        if device.type == "cpu" and config.num_threads is None:  # the ranks share the cores
-            threads = max(torch.get_num_threads() // size, 1)
-            config = dataclasses.replace(config, num_threads=threads)
-            torch.set_num_threads(threads)
+        # On CPU the ranks share this machine's usable cores: each rank's ModelRunner takes its share
+        # (runtime/threads.py), from the same cgroup quota and affinity mask, which spawned workers inherit.
         self.tp = TensorParallel(0, size)
         self.device = device
         self.init_method = f"tcp://127.0.0.1:{_free_port()}"
