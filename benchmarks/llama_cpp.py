@@ -18,7 +18,6 @@ import asyncio
 import gc
 import importlib.util
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from tokenyard.benchmarks.report import (
     section_for,
     write_section,
 )
-from tokenyard.benchmarks.serve import start_server
+from tokenyard.benchmarks.serve import free_port, start_server, wait_until_ready
 from tokenyard.runtime.cpu import cpu_isa
 from tokenyard.runtime.loaders import packaged_model_path
 
@@ -214,30 +213,14 @@ def decode_figures(args: argparse.Namespace) -> tuple[float, float, str]:
     return best["tokenyard"], best["llama.cpp"], dtype
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_llama_server(log: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     model = packaged_model_path()
     assert model is not None
     port = free_port()
     process = subprocess.Popen(llama_command(model, port, threads), stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama.cpp's server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise TimeoutError("llama.cpp's server did not become ready")
+    wait_until_ready(process, f"{url}/v1/models", log, "llama.cpp's server")
+    return process, url
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -250,23 +233,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def load_args(url: str, requests: int, concurrency: int, seed: int) -> argparse.Namespace:
-    """serve_client's settings for the classifier workload: chat, max_tokens 50, the model's own stopping."""
-    return argparse.Namespace(
-        base_url=url,
-        model=MODEL,
-        api_key=None,
-        endpoint="chat",
-        dataset="prefix",
-        output_len=MAX_TOKENS,
-        ignore_eos=False,
-        num_prompts=requests,
-        request_rate=float("inf"),
-        max_concurrency=concurrency,
-        seed=seed,
-        quiet=True,
-        dataset_path=None,
-        input_len=0,
-    )
+    """The classifier workload with the model's own stopping (max_tokens 50), as both servers are asked it."""
+    return serve_client.classifier_load(url, requests, concurrency, seed)
 
 
 def send(url: str, requests: int, concurrency: int, seed: int) -> tuple[list[serve_client.RequestResult], float]:

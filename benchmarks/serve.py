@@ -27,48 +27,46 @@ from tokenyard.runtime import LLM, SamplingParams
 ENGINE_FLAGS = ["--max-model-len", "2048", "--max-num-seqs", "16", "--kv-cache-memory-bytes", str(512 << 20)]
 
 
-def start_server(log: Path, flags: list[str] = ENGINE_FLAGS) -> tuple[subprocess.Popen, str]:
-    """`tokenyard serve` (the packaged model unless ``flags`` name another) on a free port, once it is ready."""
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def start_server(log: Path, flags: list[str] = ENGINE_FLAGS) -> tuple[subprocess.Popen, str]:
+    """`tokenyard serve` (the packaged model unless ``flags`` name another) on a free port, once it is ready."""
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tokenyard.cli", "serve", "--port", str(port), "--host", "127.0.0.1", *flags],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    wait_until_ready(process, f"{url}/health", log, "tokenyard serve")
+    return process, url
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log: Path, name: str, seconds: float = 300) -> None:
+    """Until ``url`` answers 200; RuntimeError (with the log's tail) if the server exits first, TimeoutError (the
+    server killed) if it takes longer than ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{name} exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise TimeoutError("server did not become ready")
+    process.kill()
+    raise TimeoutError(f"{name} did not become ready in {seconds:.0f} s")
 
 
 def server_run(args: argparse.Namespace) -> dict:
     process, url = start_server(Path(tempfile.mkdtemp()) / "server.log")
     try:
-        load = argparse.Namespace(
-            base_url=url,
-            model="HuggingFaceTB/SmolLM2-135M-Instruct",
-            api_key=None,
-            endpoint="chat",
-            dataset="prefix",
-            output_len=50,
-            ignore_eos=True,
-            num_prompts=args.requests,
-            request_rate=float("inf"),
-            max_concurrency=16,
-            seed=1,
-            quiet=True,
-            dataset_path=None,
-            input_len=0,
-        )
+        load = bench.classifier_load(url, args.requests, 16, seed=1, ignore_eos=True)
         requests = bench.build_requests(load)
         warm = argparse.Namespace(**{**vars(load), "num_prompts": 2, "seed": 99})
         asyncio.run(bench.run_load(warm, bench.build_requests(warm)))  # the system prompt is cached, as in serving

@@ -102,6 +102,37 @@ class RequestResult:
     error: str = ""
 
 
+def classifier_load(
+    url: str,
+    requests: int,
+    concurrency: int | None,
+    seed: int,
+    *,
+    ignore_eos: bool = False,
+    response_format: Path | None = None,
+) -> argparse.Namespace:
+    """The settings ``tokenyard bench serve --dataset prefix`` would be given: the classifier workload (a shared
+    ~450-token system prompt, short user turns, max_tokens 50) on the chat endpoint, all requests at once up to
+    ``concurrency``."""
+    return argparse.Namespace(
+        base_url=url,
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        api_key=None,
+        endpoint="chat",
+        dataset="prefix",
+        output_len=50,
+        ignore_eos=ignore_eos,
+        num_prompts=requests,
+        request_rate=float("inf"),
+        max_concurrency=concurrency,
+        seed=seed,
+        quiet=True,
+        dataset_path=None,
+        input_len=0,
+        response_format=response_format,
+    )
+
+
 def build_requests(args: argparse.Namespace) -> list[BenchRequest]:
     """The requests to send; each carries the --response-format (when given) for ``send`` to pass on."""
     requests = _build_requests(args)

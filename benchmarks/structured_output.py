@@ -47,23 +47,9 @@ SIDES = ("schema", "free", "equal work")
 
 
 def load_args(url: str, requests: int, seed: int, schema: bool, ignore_eos: bool = False) -> argparse.Namespace:
-    """What ``tokenyard bench serve --dataset prefix`` would be given: the classifier workload, chat endpoint."""
-    return argparse.Namespace(
-        base_url=url,
-        model="HuggingFaceTB/SmolLM2-135M-Instruct",
-        api_key=None,
-        endpoint="chat",
-        dataset="prefix",
-        output_len=MAX_TOKENS,
-        ignore_eos=ignore_eos,
-        num_prompts=requests,
-        request_rate=float("inf"),
-        max_concurrency=CONCURRENCY,
-        seed=seed,
-        quiet=True,
-        dataset_path=None,
-        input_len=0,
-        response_format=SCHEMA_PATH if schema else None,
+    """The classifier workload at CONCURRENCY, with the classifier's schema as response_format or without."""
+    return bench.classifier_load(
+        url, requests, CONCURRENCY, seed, ignore_eos=ignore_eos, response_format=SCHEMA_PATH if schema else None
     )
 
 
