@@ -14,8 +14,8 @@ core needs a process per core.)"""
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -77,9 +77,8 @@ def start_busy() -> subprocess.Popen[str]:
 # --- one engine, in its own process ---
 
 
-def engine_run(settings: Settings, seconds: float, concurrency: int) -> dict[str, float]:
-    """Output tok/s alone, with the busy process, and alone again (solo is the mean of the two: load from
-    elsewhere on a shared machine drifts)."""
+def engine_main(settings: Settings, concurrency: int) -> None:
+    """Load the engine, say "ready <threads>", then answer each line (seconds) with the tok/s measured over it."""
     import torch
 
     from tokenyard.benchmarks.workloads import classifier_conversations
@@ -87,19 +86,13 @@ def engine_run(settings: Settings, seconds: float, concurrency: int) -> dict[str
 
     threads = None if settings.new else os.cpu_count()
     llm = LLM(max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=256 << 20, num_threads=threads)
-    params = SamplingParams(temperature=0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
     # Warm-up: the system prompt is now cached, as in serving (one token: the old settings are slow on a busy machine)
     llm.chat(classifier_conversations(2, seed=99), SamplingParams(temperature=0, max_tokens=1))
     prompts = [llm.engine.inputs.chat(c).token_ids for c in classifier_conversations(64, seed=1)]
-    first = throughput(llm, prompts, params, seconds, concurrency)
-    competitor = start_busy()
-    try:
-        shared = throughput(llm, prompts, params, seconds, concurrency)
-    finally:
-        competitor.kill()
-        competitor.wait()
-    second = throughput(llm, prompts, params, seconds, concurrency)
-    return {"threads": torch.get_num_threads(), "solo": (first + second) / 2, "shared": shared}
+    params = SamplingParams(temperature=0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
+    print("ready", torch.get_num_threads(), flush=True)
+    for line in sys.stdin:
+        print(throughput(llm, prompts, params, float(line), concurrency), flush=True)
 
 
 def throughput(llm, prompts: list[list[int]], params, seconds: float, concurrency: int) -> float:
@@ -110,7 +103,7 @@ def throughput(llm, prompts: list[list[int]], params, seconds: float, concurrenc
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         while engine.num_requests < concurrency:
-            request_id = str(len(tokens))
+            request_id = f"{start}-{len(tokens)}"
             engine.add_request(request_id, {"prompt_token_ids": prompts[len(tokens) % len(prompts)]}, params)
             tokens[request_id] = 0
         for output in engine.step():
@@ -121,29 +114,79 @@ def throughput(llm, prompts: list[list[int]], params, seconds: float, concurrenc
     return sum(tokens.values()) / elapsed
 
 
-def run_settings(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
-    env = clean_environment()
-    if settings.new:
-        set_wait_policy(env)
-    command = [sys.executable, "-m", MODULE, "--engine", str(SETTINGS.index(settings))]
-    command += ["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)]
-    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(result.stdout.splitlines()[-1])
+class EngineProcess:
+    def __init__(self, index: int, concurrency: int) -> None:
+        env = clean_environment()
+        if SETTINGS[index].new:
+            set_wait_policy(env)
+        command = [sys.executable, "-m", MODULE, "--engine", str(index), "--concurrency", str(concurrency)]
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.threads = 0
+
+    def wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        word, threads = self.process.stdout.readline().split()
+        assert word == "ready", "the engine failed to start"
+        self.threads = int(threads)
+
+    def measure(self, seconds: float) -> float:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+
+def measure_all(args: argparse.Namespace) -> list[dict[str, float]]:
+    """Both engines loaded side by side, then measured in turns (each idle while the other runs, the order
+    rotating), alone, with the busy process, alone again: load from elsewhere on a shared machine drifts, and
+    turns let it hit both alike. Medians of each engine's turns."""
+    engines = [EngineProcess(index, args.concurrency) for index in range(len(SETTINGS))]
+    try:
+        for engine in engines:
+            engine.wait_ready()
+        solo: list[list[float]] = [[] for _ in engines]
+        shared: list[list[float]] = [[] for _ in engines]
+
+        def turns(into: list[list[float]]) -> None:
+            for turn in range(args.rounds):
+                for index in range(len(engines)) if turn % 2 == 0 else reversed(range(len(engines))):
+                    into[index].append(engines[index].measure(args.seconds))
+
+        for engine in engines:
+            engine.measure(1)  # warm
+        turns(solo)
+        competitor = start_busy()
+        try:
+            turns(shared)
+        finally:
+            competitor.kill()
+            competitor.wait()
+        turns(solo)
+        return [
+            {"threads": e.threads, "solo": statistics.median(a), "shared": statistics.median(b)}
+            for e, a, b in zip(engines, solo, shared, strict=True)
+        ]
+    finally:
+        for engine in engines:
+            engine.process.kill()
+            engine.process.wait()
 
 
 # --- the report ---
 
 
-def render(results: list[tuple[Settings, dict[str, float]]], args: argparse.Namespace, load: str) -> str:
+def render(results: list[dict[str, float]], args: argparse.Namespace, load: str) -> str:
     lines = [
         "## Sharing the CPU: the engine beside a busy process (`python -m tokenyard.benchmarks.shared_cpu`)",
         "",
         f"Classifier workload on the offline engine (SmolLM2-135M, bfloat16): a {OUTPUT_TOKENS}-token answer (EOS "
         f"ignored) to a ~460-token chat prompt whose system prompt is cached, {args.concurrency} request(s) in "
-        f"flight, output tokens/s over {args.seconds:g} s, alone (the mean of a run before and one after) and with "
-        f"one competing busy process on the same cores: a second torch process doing {BUSY_SIZE}x{BUSY_SIZE} float32 "
-        "matmuls with its default threads (one per core) and waits. It wants the cores as much as the engine does: "
-        "a fair share is 0.50 of the solo figure. Each engine runs in its own process, one after the other.",
+        f"flight; output tokens/s, the median of {args.seconds:g}-second turns alone ({2 * args.rounds}: half "
+        f"before, half after) and beside one competing busy process on the same cores ({args.rounds}): a second "
+        f"torch process doing {BUSY_SIZE}x{BUSY_SIZE} float32 matmuls with its default threads (one per core) and "
+        "waits. It wants the cores as much as the engine does: a fair share is 0.50 of the solo figure. Each engine "
+        "runs in its own process (libgomp reads its wait policy when torch loads); the two take turns, so that load "
+        "from elsewhere hits both alike.",
         "",
         f"Machine: {cpu_description()}; load average before the run: {load}.",
         "",
@@ -151,7 +194,7 @@ def render(results: list[tuple[Settings, dict[str, float]]], args: argparse.Name
         "target | met |",
         "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for settings, r in results:
+    for settings, r in zip(SETTINGS, results, strict=True):
         ratio = r["shared"] / r["solo"]
         target, met = (f">= {TARGET:.2f}", "yes" if ratio >= TARGET else "NO") if settings.new else ("-", "-")
         lines.append(
@@ -164,7 +207,8 @@ def render(results: list[tuple[Settings, dict[str, float]]], args: argparse.Name
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="write the section into this markdown file")
-    parser.add_argument("--seconds", type=float, default=10.0, help="each measurement's length")
+    parser.add_argument("--seconds", type=float, default=3.0, help="each turn's length")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each engine in each phase")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
     parser.add_argument("--engine", type=int, default=None, help=argparse.SUPPRESS)  # a child: one engine
     parser.add_argument("--busy", action="store_true", help=argparse.SUPPRESS)  # a child: the competitor
@@ -172,11 +216,10 @@ def main() -> None:
     if args.busy:
         busy()
     elif args.engine is not None:
-        print(json.dumps(engine_run(SETTINGS[args.engine], args.seconds, args.concurrency)))
+        engine_main(SETTINGS[args.engine], args.concurrency)
     else:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        results = [(settings, run_settings(settings, args)) for settings in SETTINGS]
-        report = render(results, args, load)
+        report = render(measure_all(args), args, load)
         if args.out is not None:
             write_section(args.out, "shared-cpu", report)
         print(report)

@@ -67,9 +67,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads for torch's kernels, per tensor-parallel rank (default: the cores this process may use, "
         "its cgroup CPU quota (a Kubernetes CPU limit) rounded up and its affinity mask, shared among the ranks; "
-        "not the host's core count). Idle threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE unless "
-        "OMP_WAIT_POLICY or GOMP_SPINCOUNT is set), so other processes on the same cores cost this one only "
-        "their share; fewer threads still help where they take more than theirs",
+        "not the host's core count). Threads waiting for each other spin only briefly, then sleep "
+        "(GOMP_SPINCOUNT=1000, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set), so that a process beside it on "
+        "the same cores takes about its share, not most of this one's speed; on a crowded node "
+        "OMP_WAIT_POLICY=PASSIVE shares better still, for less speed alone",
     )
 
 

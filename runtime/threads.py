@@ -3,7 +3,7 @@
 A compute thread that loses its core stalls every step: each of torch's (and the CPU kernels') parallel regions
 ends at a barrier that waits for the slowest thread. So the default is the cores this process may really use
 (its cgroup's CPU quota, which is what a Kubernetes CPU limit sets, and its affinity mask), not the host's core
-count, which is what torch would take. And the threads that reach a barrier first sleep rather than spin: a
+count, which is what torch would take. And the threads that reach a barrier first soon sleep rather than spin: a
 spinning thread burns the very CPU time the late one, or another process on the same cores, needs.
 
 Nothing here imports torch: the CLI (``tokenyard serve``, ``tokenyard generate``) calls ``set_wait_policy`` before
@@ -11,7 +11,8 @@ torch is first imported, because libgomp (torch's OpenMP runtime, which the CPU 
 wait policy from the environment once, when it is loaded. The library API (``LLM(...)``) sets no policy: a program
 that imports torch before it would be too late anyway, and the environment is the program's own. Such a program
 still gets the thread count (``torch.set_num_threads`` works at any time); for the waits, it sets
-``OMP_WAIT_POLICY=PASSIVE`` in its environment, or calls ``set_wait_policy()`` before its first ``import torch``."""
+``GOMP_SPINCOUNT=1000`` (or ``OMP_WAIT_POLICY=PASSIVE``) in its environment, or calls ``set_wait_policy()`` before
+its first ``import torch``. (These are libgomp's, which torch's Linux wheels use; Intel's OpenMP reads others.)"""
 
 from __future__ import annotations
 
@@ -32,11 +33,17 @@ CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
 
 # What libgomp reads; either one set by the user means the user chose, and we leave both alone.
 WAIT_POLICY_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# PASSIVE: a thread that reaches a barrier first sleeps at once (a futex) instead of spinning. libgomp's default
-# spins 300,000 times first (milliseconds: longer than a whole decode step here), on a core the other thread, or
-# another process, needs. Measured with `python -m tokenyard.benchmarks.shared_cpu` (see the report of the
-# change that added this): PASSIVE kept ~96% of the solo figure alone and lifted the shared figure the most.
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+# A thread that reaches a barrier first spins at most 1,000 times (~30 us here) before it sleeps. libgomp's default
+# spins 300,000 times (~9 ms: longer than a decode step), on a core the late thread or another process needs.
+# (libgomp spins only 100-1,000 times when its own threads outnumber the CPUs, but it cannot see other processes.)
+# Measured on 2 cores (AMD EPYC VM; classifier workload, one request at a time, a 2-thread matmul process as the
+# competitor, engines interleaved; output tok/s alone -> beside it):
+#   libgomp default 45-54 -> 1-13 | GOMP_SPINCOUNT=1000 44-50 -> 17-24 | OMP_WAIT_POLICY=PASSIVE 34-38 -> 23-34.
+# PASSIVE shares best but costs a quarter to a half of the solo speed (waking a sleeping thread costs tens of us,
+# hundreds of times per step; 8 requests at once: 84 tok/s against 139 with 1,000 spins and 177 with libgomp's
+# default); 300 spins was no faster than PASSIVE, 2,000-3,000 fell below 40% of solo beside the busy process.
+# On a node known to be crowded, OMP_WAIT_POLICY=PASSIVE (which this leaves alone) is the better choice.
+WAIT_POLICY = {"GOMP_SPINCOUNT": "1000"}
 
 
 @dataclass(frozen=True)
