@@ -203,9 +203,9 @@ class LLMEngine:
             seq.append_token(result.token_id, result.logprobs)
             self.num_generation_tokens += 1
             finish = self._finish_reason(seq, result.token_id)
-            completed = seq.grammar is not None and self.structured_outputs.accept(seq, result.token_id)
-            if completed and (finish is None or finish[0] == "length"):  # nothing but the end may follow
-                finish = ("stop", None)
+            ended = None if seq.grammar is None else self.structured_outputs.accept(seq, result.token_id)
+            if ended is not None and (finish is None or finish[0] == "length" or ended[0] == "error"):
+                finish = ended
             if finish is not None:
                 break
         computed = num_scheduled - (num_drafts - num_accepted)

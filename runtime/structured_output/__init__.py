@@ -109,13 +109,14 @@ class StructuredOutputs:
         self.stats.mask_seconds.append(time.perf_counter() - started)
         return masks, failed
 
-    def accept(self, seq: Sequence, token_id: int) -> bool:
-        """Advance the sequence's matcher by a token it produced; True when its grammar is complete (nothing
-        but the end may follow), which ends the answer."""
+    def accept(self, seq: Sequence, token_id: int) -> tuple[str, str | None] | None:
+        """Advance the sequence's matcher by a token it produced. ("stop", None) when its grammar is complete
+        (nothing but the end may follow, so the answer ends); ("error", why) when the matcher refuses a token its
+        own mask allowed (an llguidance inconsistency: the request ends, not the step and its other requests)."""
         assert seq.grammar is not None
-        if not seq.grammar.consume_token(token_id):  # the mask allowed it: only a bug gets here
-            raise RuntimeError(f"token {token_id} escaped the grammar of {seq.request_id}: {seq.grammar.get_error()}")
-        return bool(seq.grammar.is_stopped())
+        if not seq.grammar.consume_token(token_id):
+            return "error", f"the structured-output constraint could not be followed: {seq.grammar.get_error()}"
+        return ("stop", None) if seq.grammar.is_stopped() else None
 
 
 def _fill_masks(seq: Sequence, bits: np.ndarray) -> bool:

@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ class GrammarCompiler:
             raise ValueError("structured output needs a fast (Rust) tokenizer; this model's tokenizer is not one")
         # n_vocab is the logits' width: ids past the tokenizer's own (padding rows) are never allowed.
         self.tokenizer: LLTokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self.unwritable_bytes = _unwritable_bytes(self.tokenizer)
         self._cache: OrderedDict[str, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -75,6 +77,7 @@ class GrammarCompiler:
         started = time.perf_counter()
         shown = _shown(getattr(constraint, kind))
         try:
+            self._check_writable(constraint, field, shown)
             grammar = _grammar(constraint)
             is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer, limits=LIMITS)
             if is_error:
@@ -95,6 +98,67 @@ class GrammarCompiler:
                 f"a constraint that compiles within {COMPILE_SECONDS:g} s (this one took {seconds:.1f} s)",
             )
         return CompiledGrammar(kind, template, seconds)
+
+    def _check_writable(self, constraint: StructuredOutputsParams, field: str, shown: str) -> None:
+        """Refuse text the answer would have to spell out but no token of the vocabulary can: a byte-level BPE
+        vocabulary may lack a few bytes (SmolLM2's has no 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1 or 0xf2, so
+        neither those control characters nor Unicode planes 4-11), and llguidance then allows tokens that skip
+        the byte and fails on the next step. Regexes and grammars are held to every character they contain."""
+        if not self.unwritable_bytes:
+            return
+        for text in _literals(constraint):
+            for char in text:
+                missing = sorted(set(char.encode("utf-8", "surrogatepass")) & self.unwritable_bytes)
+                if missing:
+                    raise InvalidValue(
+                        field,
+                        shown,
+                        f"text this model's vocabulary can write: {char!r} (U+{ord(char):04X}) needs the byte "
+                        f"0x{missing[0]:02x}, which none of its tokens holds",
+                    )
+
+
+def _unwritable_bytes(tokenizer: LLTokenizer) -> frozenset[int]:
+    """The bytes no token holds: text that contains one can never be generated."""
+    every_token = tokenizer.decode_bytes(list(range(tokenizer.vocab_size)))  # all of them, one after another
+    return frozenset(range(256)) - set(every_token)
+
+
+def _literals(constraint: StructuredOutputsParams) -> Iterator[str]:
+    """The text a constraint spells out: its choices, its regex or grammar, a schema's keys and fixed values."""
+    if constraint.choice is not None:
+        yield from constraint.choice
+    elif constraint.regex is not None:
+        yield constraint.regex
+    elif constraint.grammar is not None:
+        yield constraint.grammar
+    elif isinstance(constraint.json, dict):
+        yield from _schema_literals(constraint.json)
+
+
+def _schema_literals(schema: object) -> Iterator[str]:
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _schema_literals(item)
+    elif isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("const", "enum", "pattern"):
+                yield from _strings(value)
+            elif key in ("properties", "patternProperties") and isinstance(value, dict):
+                yield from (name for name in value if isinstance(name, str))
+            yield from _schema_literals(value)
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def _grammar(constraint: StructuredOutputsParams) -> str:

@@ -240,6 +240,32 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
     assert_no_leak(tiny_llm)
 
 
+def test_a_token_the_matcher_refuses_after_its_mask_allowed_it_ends_only_its_request(tiny_llm, monkeypatch):
+    """No mock: with the refusal of unwritable text turned off, llguidance's own inconsistency shows (its mask
+    after "a" allows "b", skipping the byte 0x04 no token holds, and then it refuses "b")."""
+    engine = tiny_llm.engine
+    monkeypatch.setattr(engine.structured_outputs.compiler, "unwritable_bytes", frozenset())
+    engine.add_request("unwritable", "Once upon a time", greedy({"choice": ["a\x04b"]}))
+    engine.add_request("free", "Once upon a time", greedy(None, max_tokens=8))
+    engine.add_request("fine", "Once upon a time", greedy({"choice": ["red", "green"]}))
+    finished = {}
+    while engine.has_unfinished_requests():
+        finished |= {o.request_id: o for o in engine.step() if o.finished}
+    assert finished["unwritable"].outputs[0].finish_reason == "error"
+    assert "could not be followed" in str(finished["unwritable"].outputs[0].stop_reason)
+    assert finished["fine"].outputs[0].text in ("red", "green")
+    assert len(finished["free"].outputs[0].token_ids) == 8
+    assert_no_leak(tiny_llm)
+
+    # The same refusal of a sampled token (not a forced draft, as above) ends the answer with the reason
+    seq = Sequence("sampled", [1, 2, 3], greedy({"choice": ["a\x04b"]}), max_tokens=10)
+    engine.structured_outputs.start(seq)
+    a, b = (engine.tokenizer.convert_tokens_to_ids(t) for t in ("a", "b"))
+    assert engine.structured_outputs.accept(seq, a) is None
+    reason, why = engine.structured_outputs.accept(seq, b) or ("", "")
+    assert reason == "error" and "could not be followed" in str(why)
+
+
 # --- refusals and the compile cache -------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("constraint", "message"),
@@ -257,6 +283,11 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         ({"json": {"type": "integer", "minimum": 10**400}}, r"structured_outputs.json=.*that llguidance supports"),
         ({"regex": "\ud800"}, r"structured_outputs.regex=.*surrogates not allowed"),
         ({"json": {"$schema": []}}, r"structured_outputs.json=.*whose \$schema is a URI string"),
+        # SmolLM2's vocabulary has no token holding the byte 0xf2 (nor 0xf1, 0x04, 0x13, ...)
+        ({"choice": ["J\u00c7\u00d0\U000b66b6", "no"]}, r"U\+B66B6\) needs the byte 0xf2, which none of its tokens"),
+        ({"regex": "a\x04b"}, r"structured_outputs.regex=.*text this model's vocabulary can write: '\\x04'"),
+        ({"json": {"enum": ["ok", "\U00050000"]}}, r"structured_outputs.json=.*\(U\+50000\) needs the byte 0xf1"),
+        ({"json": {"properties": {"a\x13": {}}, "required": ["a\x13"]}}, r"'\\x13' \(U\+0013\) needs the byte 0x13"),
     ],
     ids=[
         "invalid-schema",
@@ -272,6 +303,10 @@ def test_a_matcher_that_fails_mid_answer_ends_its_request_and_no_other(tiny_llm)
         "number-past-64-bits",
         "lone-surrogate",
         "schema-uri-not-a-string",
+        "choice-the-vocabulary-cannot-write",
+        "regex-the-vocabulary-cannot-write",
+        "enum-the-vocabulary-cannot-write",
+        "key-the-vocabulary-cannot-write",
     ],
 )
 def test_bad_constraints_are_refused_naming_the_field_and_the_reason(tiny_llm, constraint, message):
