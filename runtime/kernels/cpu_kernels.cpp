@@ -25,6 +25,7 @@
 #include <torch/extension.h>
 
 #include "common.h"
+#include "simd/quantized_linear.h"
 #include "simd/targets.h"
 
 namespace tokenyard {
@@ -50,5 +51,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cap_targets", &tokenyard::simd::cap_targets, "run on no instruction set above this: avx2, avx512 or native");
   m.def("chosen_target_is_native", &tokenyard::simd::chosen_target_is_native,
         "whether the kernels run on an instruction set they are written for (AVX2 or better, NEON or better)");
+  m.def("int8_dot_for_rows", &tokenyard::simd::quantized_uses_int8_dot,
+        "whether a matmul of bits-bit codes and this many rows of x takes int8 dot products (on the target now)", pybind11::arg("bits"),
+        pybind11::arg("rows"));
   m.def("bf16_dot_allowed", &tokenyard::simd::bf16_dot_allowed, "whether AVX512-BF16 dot products are used");
 }

@@ -96,8 +96,9 @@ def assert_matches(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
 )
 @pytest.mark.parametrize("rows", [1, 2, 3, 6, 11, 15])  # every register blocking, and several passes over a block
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in_features, group_size, rows, dtype):
-    """Below INT8_DOT_FROM_ROWS rows of x every path takes float32 FMAs."""
+def test_quantized_linear_computes_the_dequantized_matmul(
+    instruction_set, bits, out_features, in_features, group_size, rows, dtype
+):
     groups = random_groups(bits, out_features, in_features, group_size)
     weight = CpuGroupWeight(groups, group_size, dtype)
     if dtype == torch.bfloat16:  # the weight is what its bfloat16 scales and mins describe
@@ -105,26 +106,42 @@ def test_quantized_linear_computes_the_dequantized_matmul(bits, out_features, in
     x = torch.randn(rows, in_features).to(dtype)
     out = weight.forward(x)
     assert out.dtype == dtype and out.shape == (rows, out_features)
-    assert_matches(out, reference_matmul(x, groups), dtype)
+    assert_computes(out, x, groups, dtype, int8_dot=cpu_kernels().int8_dot_for_rows(bits, rows))
 
 
-# From this many rows of x (prefill), 4-bit codes on AVX2 and AVX-512 go through int8 dot products: x as two int8
-# terms per row and group, x = d * (q + r / 254) with d = max|x| / 127 (kInt8DotFromRows and quantize_x_int8 in
-# simd/quantized_linear_simd.cc).
-INT8_DOT_FROM_ROWS = 16
+# 4-bit codes on AVX-512 (any number of rows of x) and AVX2 (one row, or 16 and more) go through int8 dot
+# products: x as two int8 terms per row and group, x = d * (q + r / 254) with d = max|x| / 127 (Int8DotForRows and
+# quantize_x_int8 in simd/quantized_linear_simd.cc). Every other path takes float32 FMAs.
 # Relative to the output's largest value: each x is off by at most d / 508, 1 / 64516 of its group's largest, and
 # the K errors add up as a random walk: about 2e-5 for Gaussian x (K = 192 to 1536, groups of 32 to 96), so 1e-4
 # leaves room; bfloat16 outputs add their own rounding, as on the float path.
 INT8_DOT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2**-7}
 
 
+def assert_computes(out: torch.Tensor, x: torch.Tensor, groups: AffineGroups, dtype: torch.dtype, int8_dot: bool):
+    """out is x @ W.T for the weight the groups describe: to rounding on the float path, to the int8 terms'
+    precision on the int8 one."""
+    expected = reference_matmul(x, groups)
+    if not int8_dot:
+        return assert_matches(out, expected, dtype)
+    scale = expected.abs().max().item()
+    error = (out.double() - expected).abs()
+    slack = (1e-6 if dtype == torch.float32 else 2**-8) * scale  # float32 sums; bfloat16 outputs
+    assert (error <= int8_bound(x, groups) + slack).all()  # every x within d / 508
+    assert error.max().item() <= INT8_DOT_TOLERANCE[dtype] * scale
+    if dtype == torch.float32:  # the int8 path ran: float32 FMAs come within about 3e-7
+        assert error.max().item() > 2e-6 * scale
+
+
 def int8_bound(x: torch.Tensor, groups: AffineGroups) -> torch.Tensor:
     """The most the two int8 terms can move each output: d / 508 per x, times the codes' part of the weight
-    (the mins multiply exact sums of x)."""
-    x = x.double().unflatten(1, (-1, groups.group_size))
+    (the mins multiply exact sums of x). A weight whose K is not whole groups is served in other groups: the row's
+    largest x bounds each of them."""
+    size = groups.group_size if x.shape[1] % groups.group_size == 0 else x.shape[1]
+    x = x.double().unflatten(1, (-1, size))
     errors = (x.abs().amax(2, keepdim=True) / (127 * 508)).expand_as(x).flatten(1)
-    code_part = groups.codes.double() * groups.scales.double().repeat_interleave(groups.group_size, 1)
-    return errors @ code_part.abs().T
+    scales = groups.scales.double().repeat_interleave(groups.group_size, 1)[:, : x.shape[1] * x.shape[2]]
+    return errors @ (groups.codes.double() * scales).abs().T
 
 
 @pytest.mark.parametrize(
@@ -135,9 +152,9 @@ def int8_bound(x: torch.Tensor, groups: AffineGroups) -> torch.Tensor:
         (40, 192, 96),  # a group size that is not a multiple of 64
     ],
 )
-@pytest.mark.parametrize("rows", [INT8_DOT_FROM_ROWS, 21, 64])  # passes of every register blocking
+@pytest.mark.parametrize("rows", [16, 21, 64])  # passes of every register blocking
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_quantized_linear_of_a_prefill_computes_the_dequantized_matmul_to_int8_precision(
+def test_quantized_linear_of_a_prefill_computes_the_dequantized_matmul(
     instruction_set, out_features, in_features, group_size, rows, dtype
 ):
     groups = random_groups(4, out_features, in_features, group_size)
@@ -149,16 +166,16 @@ def test_quantized_linear_of_a_prefill_computes_the_dequantized_matmul_to_int8_p
     x[5, :group_size] = 0  # a group of zeros (its scale is 0)
     out = weight.forward(x)
     assert out.dtype == dtype and out.shape == (rows, out_features)
-    expected = reference_matmul(x, groups)
-    if instruction_set not in ("AVX2", "AVX3"):  # other targets take float32 FMAs at any number of rows
-        return assert_matches(out, expected, dtype)
-    scale = expected.abs().max().item()
-    error = (out.double() - expected).abs()
-    slack = (1e-6 if dtype == torch.float32 else 2**-8) * scale  # float32 sums; bfloat16 outputs
-    assert (error <= int8_bound(x, groups) + slack).all()  # every x within d / 508
-    assert error.max().item() <= INT8_DOT_TOLERANCE[dtype] * scale
-    if dtype == torch.float32:  # the int8 path ran: float32 FMAs come within about 3e-7
-        assert error.max().item() > 2e-6 * scale
+    assert_computes(out, x, groups, dtype, int8_dot=cpu_kernels().int8_dot_for_rows(4, rows))
+
+
+def test_int8_dot_products_serve_4_bit_decode_and_prefill_on_avx2_and_every_4_bit_call_on_avx512(instruction_set):
+    """Where they beat float32 FMAs (measured: see Int8DotForRows); never for 8-bit codes."""
+    uses = cpu_kernels().int8_dot_for_rows
+    avx512 = instruction_set.startswith("AVX3")  # "native" on an AVX512-BF16 CPU runs the AVX3 code too
+    expected = [True, False, False, False, True, True] if instruction_set == "AVX2" else [avx512] * 6
+    assert [uses(4, rows) for rows in (1, 2, 8, 15, 16, 64)] == expected
+    assert not any(uses(8, rows) for rows in (1, 16, 64))
 
 
 def test_quantized_linear_takes_int8_dot_products_for_4_bit_codes_only():
@@ -190,9 +207,8 @@ def test_every_quantized_format_gets_a_kernel_that_computes_its_weight(groups):
     else:
         theirs = Int4GroupWeight(groups, torch.float32, CPU)
     x = torch.randn(5, groups.in_features)
-    expected = reference_matmul(x, groups)
-    for kernel in (ours, theirs):
-        torch.testing.assert_close(kernel.forward(x).double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(theirs.forward(x).double(), reference_matmul(x, groups), atol=1e-4, rtol=1e-4)
+    assert_computes(ours.forward(x), x, groups, torch.float32, cpu_kernels().int8_dot_for_rows(groups.bits, 5))
 
 
 def test_a_shared_int8_table_looks_up_the_rows_the_matmul_uses():

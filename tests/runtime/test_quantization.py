@@ -29,6 +29,7 @@ from tokenyard.runtime.quantization.formats import (
 from tokenyard.runtime.quantization.groups import quantize_int4, quantize_int8_per_channel
 
 from .conftest import CLASSIFIER_SYSTEM
+from .reference import LOGPROB_ATOL
 
 
 def random_quantized(n: int, k: int, bits: int, group_size: int, act_order: bool = False, seed: int = 0):
@@ -119,13 +120,6 @@ PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away, there l
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
 SMALL = dict(kv_cache_memory_bytes=4 << 20, max_model_len=256)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-# How far each step's logprobs may move from the dequantized reference's. 8-bit codes compute in float32 (to
-# rounding); 4-bit codes' prefill on AVX2 and AVX-512 (16 rows of x or more) multiplies by x as two int8 terms
-# (within max|x| / 64516 of x per group, see runtime/kernels/simd/quantized_linear.h), which moves a logprob by up
-# to ~1.2e-3 across the tiny model's layers.
-LOGPROB_ATOL = {8: 1e-3, 4: 2e-3}
 
 
 def assert_same_generations(outs, reference, atol: float) -> None:

@@ -136,14 +136,14 @@ def test_checkpoints_load_in_tokenyard_and_match_transformers_on_their_dequantiz
 
     from tokenyard.runtime import LLM, SamplingParams
 
-    from .reference import assert_matches_reference
+    from .reference import LOGPROB_ATOL, assert_matches_reference
 
     llm = LLM(str(checkpoints / method), dtype="float32", kv_cache_memory_bytes=4 << 20)
     assert llm.engine.executor.runner.loaded.quantization == ("awq" if method == "awq" else "gptq")
     dense = dequantize_checkpoint(checkpoints / method, tmp_path / "dense")
     reference = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch.float32).eval()
     [out] = llm.generate("The quick brown fox", SamplingParams(temperature=0, max_tokens=8, logprobs=2))
-    assert_matches_reference(reference, out)
+    assert_matches_reference(reference, out, LOGPROB_ATOL[8 if method == "rtn8" else 4])
 
 
 @pytest.mark.parametrize(

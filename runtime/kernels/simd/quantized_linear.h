@@ -32,7 +32,7 @@ struct QuantizedMatmul {
 bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M);
 
 // Whether a call of M rows of x goes through int8 dot products (and so needs x_q and x_d): 4-bit codes on
-// AVX2 and AVX-512, from enough rows (prefill) that the compute, not the weight stream, bounds the matmul.
+// AVX-512 at any number of rows, on AVX2 for one row (decode) and from 16 (prefill); see Int8DotForRows.
 bool quantized_uses_int8_dot(int bits, int64_t M);
 
 // x_float (M, K) as two int8 terms, symmetric per row and group: x = d * (q + r / 254) to within d / 508, with

@@ -38,7 +38,7 @@ void QuantizedMatmulBlocks(const QuantizedMatmul& p, DType dtype, void* out, int
   N_NEON::QuantizedMatmulBlocks(p, dtype, out, begin, end);
 }
 
-bool Int8DotTarget() { return false; }
+bool Int8DotForRows(int64_t) { return false; }
 #else
 
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
@@ -377,7 +377,7 @@ __attribute__((target("avx512bf16"))) void tiles_bf16(const QuantizedMatmul& p, 
 
 #if HWY_TARGET == HWY_AVX2 || TOKENYARD_AVX512
 #define TOKENYARD_INT8_DOT 1
-// Prefill (M >= kInt8DotFromRows): one float32 FMA per code and row of x bounds the matmul. Instead x comes as
+// One float32 FMA per code and row of x bounds the matmul (see Int8DotForRows for where). Instead x comes as
 // two int8 terms, x = d * (q + r / 254) (quantize_x_int8: as close as float32 FMAs come, where q alone would move
 // the outputs by about 5e-3 of their largest and change greedy tokens), and vpmaddubsw multiplies 4-bit codes
 // (u8, 0..15) by each, two codes per int16 lane per instruction. The nibbles need no regrouping: a block's
@@ -476,7 +476,21 @@ void tile_int8(const QuantizedMatmul& p, int64_t tile, T* out) {
 #define TOKENYARD_INT8_DOT 0
 #endif
 
-bool Int8DotTarget() { return TOKENYARD_INT8_DOT; }
+// Whether M rows of x take 4-bit codes through int8 dot products on this target. Measured per call on
+// SmolLM2-135M's shapes (AMD EPYC, 2 threads; the int8 path's time over the float32 path's): AVX-512 0.40-0.46
+// at 1 row, 0.47-0.62 at 2, 0.64-0.81 at 4, 0.73-0.90 at 8, about level with vdpbf16ps for bfloat16 x (0.85-1.09);
+// AVX2 0.68-0.83 at 1 row, but 0.88-1.08 at 2, 0.99-1.21 at 4 and 0.99-1.29 at 8 (kInt8RowsOfX rows a pass, and
+// its 16 registers), and about 0.5 from 16 (prefill). Batch-1 decode of SmolLM2 int4: 1.1x on AVX2, 1.3x on
+// AVX-512.
+bool Int8DotForRows(int64_t M) {
+#if TOKENYARD_AVX512
+  return true;
+#elif TOKENYARD_INT8_DOT
+  return M == 1 || M >= 16;
+#else
+  return false;
+#endif
+}
 
 QuantizedMatmul from_row_of_x(QuantizedMatmul p, int64_t m);
 
@@ -565,16 +579,13 @@ HWY_AFTER_NAMESPACE();
 namespace tokenyard {
 HWY_EXPORT(PrepareQuantizedX);
 HWY_EXPORT(QuantizedMatmulBlocks);
-HWY_EXPORT(Int8DotTarget);
+HWY_EXPORT(Int8DotForRows);
 
 namespace simd {
 namespace {
 // Rows of x from which 8-bit codes go through vdpbf16ps: converting each code to bfloat16 costs more than a
 // float32 FMA saves for fewer.
 constexpr int64_t kBf16Int8FromRows = 4;
-// Rows of x from which 4-bit codes go through int8 dot products (tile_int8): below them the weight stream, not
-// the FMAs, bounds the matmul, and quantizing x costs more than it saves.
-constexpr int64_t kInt8DotFromRows = 16;
 }  // namespace
 
 bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M) {
@@ -582,7 +593,7 @@ bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M) {
 }
 
 bool quantized_uses_int8_dot(int bits, int64_t M) {
-  return bits == 4 && M >= kInt8DotFromRows && HWY_DYNAMIC_DISPATCH(Int8DotTarget)();
+  return bits == 4 && HWY_DYNAMIC_DISPATCH(Int8DotForRows)(M);
 }
 
 void quantize_x_int8(const float* x_float, int64_t M, int64_t K, int64_t group, int8_t* x_q, float* x_d) {
