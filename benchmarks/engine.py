@@ -204,7 +204,9 @@ def run(args: argparse.Namespace) -> list[Row]:
     dtypes = compared_dtypes(cpu_isa().native_bfloat16)
     for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
-        llm = LLM(dtype=name, max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=1 << 30)
+        llm = LLM(
+            dtype=name, max_model_len=2048, max_num_seqs=64, kv_cache_memory_bytes=1 << 30, num_threads=args.threads
+        )
         hf = hf_model(dense, dtype)
         if dtype is dtypes[0]:  # the fastest dtype of both sides on this CPU
             rows += classifier_rows(llm, hf, args.requests, args.sequential, args.batch_size, name)

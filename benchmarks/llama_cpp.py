@@ -195,7 +195,7 @@ class Figures:
 def decode_figures(args: argparse.Namespace) -> tuple[float, float, str]:
     """Batch-1 decode tok/s of tokenyard's --setting and of llama.cpp, best of --runs taken in turn, and the dtype."""
     torch.set_num_threads(args.threads)
-    llm = load_engine(FORMATS[SETTINGS[args.setting]])
+    llm = load_engine(FORMATS[SETTINGS[args.setting]], args.threads)
     dtype = str(llm.engine.executor.runner.loaded.dtype).removeprefix("torch.")
     reference = llama_cpp_decoder(args)
     assert reference is not None  # main() checked that llama_cpp is installed

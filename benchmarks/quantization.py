@@ -60,12 +60,13 @@ def throughput(llm: LLM, tokens: int) -> float:
     return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - start)
 
 
-def load(settings: dict[str, Any]) -> LLM:
+def load(settings: dict[str, Any], threads: int) -> LLM:
     return LLM(
         str(packaged_model_path()),
         max_model_len=1024,
         max_num_seqs=CONCURRENCY,
         kv_cache_memory_bytes=256 << 20,
+        num_threads=threads,
         **settings,
     )
 
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     shared machine (memory bandwidth varies by tens of percent from minute to minute) hits all formats alike;
     each keeps its best run."""
     torch.set_num_threads(args.threads)
-    engines = {name: load(settings) for name, settings in FORMATS.items()}
+    engines = {name: load(settings, args.threads) for name, settings in FORMATS.items()}
     decoders = {name: partial(decode_rate_engine, llm, args.decode_tokens) for name, llm in engines.items()}
     reference = llama_cpp_decoder(args)
     if reference is not None:

@@ -103,6 +103,7 @@ def engine(spec: dict | None, args: argparse.Namespace) -> LLM:
         max_num_seqs=64,
         kv_cache_memory_bytes=1 << 30,
         speculative_config=spec,
+        num_threads=args.threads,
     )
 
 

@@ -141,7 +141,7 @@ def one_request(llm: LLM, request_id: str, conversation: list[dict], params: Sam
 
 def mask_cost(args: argparse.Namespace, schema: dict) -> MaskCost:
     torch.set_num_threads(args.threads)
-    llm = LLM(max_model_len=2048, max_num_seqs=CONCURRENCY, kv_cache_memory_bytes=512 << 20)
+    llm = LLM(max_model_len=2048, max_num_seqs=CONCURRENCY, kv_cache_memory_bytes=512 << 20, num_threads=args.threads)
     params = {
         "free": SamplingParams(temperature=0, max_tokens=MAX_TOKENS),
         "schema": SamplingParams(temperature=0, max_tokens=MAX_TOKENS, structured_outputs={"json": schema}),

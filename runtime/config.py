@@ -38,7 +38,7 @@ class EngineConfig:
     # graphs, which this flag will also turn off, are not captured yet)
     enforce_eager: bool = False
     seed: int = 0
-    num_threads: int | None = None  # CPU threads for torch; None leaves torch's choice
+    num_threads: int | None = None  # CPU threads per rank; None: the cores this process may use (runtime/threads.py)
     speculative: SpeculativeConfig | None = field(init=False)  # speculative_config, checked and typed
 
     def __post_init__(self) -> None:

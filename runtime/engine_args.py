@@ -75,8 +75,24 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    """The engine settings the flags ask for; a flag that cannot be honoured ends the command with its reason."""
+    """The engine settings the flags ask for; a flag (or TOKENYARD_CPU_ISA) that cannot be honoured ends the
+    command with its reason, before anything loads."""
     try:
-        return EngineConfig(**{field.name: getattr(args, field.name) for field in fields(EngineConfig) if field.init})
+        config = EngineConfig(**{field.name: getattr(args, field.name) for field in fields(EngineConfig) if field.init})
+        _check_device(config)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    return config
+
+
+def _check_device(config: EngineConfig) -> None:
+    """What only the device can refuse: a float16 model on a CPU, a TOKENYARD_CPU_ISA this CPU cannot meet."""
+    from tokenyard.runtime.cpu import cpu_isa
+    from tokenyard.runtime.engine.model_runner import resolve_device
+    from tokenyard.runtime.loaders.weights import resolve_dtype
+
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        cpu_isa()
+        if config.dtype == "float16":
+            resolve_dtype(config.dtype, None, device)

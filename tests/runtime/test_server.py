@@ -223,21 +223,30 @@ def test_overload_is_refused_at_once_and_every_accepted_request_completes(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("flags", "environment", "message"),
     [
-        (["--quantization", "int3"], "quantization='int3' is invalid: must be int8, int4"),
-        (["--speculative-config", '{"method": "ngram"}'], "speculative_config.num_speculative_tokens=None is invalid"),
-        (["--max-num-seqs", "0"], "max_num_seqs=0 is invalid"),
+        (["--quantization", "int3"], {}, "quantization='int3' is invalid: must be int8, int4"),
+        (["--speculative-config", '{"method": "ngram"}'], {}, "speculative_config.num_speculative_tokens=None"),
+        (["--max-num-seqs", "0"], {}, "max_num_seqs=0 is invalid"),
+        (["--dtype", "float16", "--device", "cpu"], {}, "dtype='float16' is not served on CPU"),
+        ([], {"TOKENYARD_CPU_ISA": "avx3"}, "TOKENYARD_CPU_ISA='avx3' is invalid: must be one of native, avx2"),
     ],
 )
-def test_flags_that_cannot_be_honoured_stop_the_server_with_the_reason(flags, message):
+def test_flags_that_cannot_be_honoured_stop_the_server_with_the_reason(flags, environment, message):
+    """Before anything loads, with the reason alone (no traceback)."""
+    import os
     import subprocess
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "tokenyard.cli", "serve", *flags], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tokenyard.cli", "serve", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | environment,
     )
     assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("dataset", ["prefix", "random", "sharegpt"])
