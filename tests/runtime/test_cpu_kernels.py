@@ -87,7 +87,7 @@ def assert_matches(out: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
 @pytest.mark.parametrize(
     ("bits", "out_features", "in_features", "group_size"),
     [
-        (4, 96, 576, 32),  # SmolLM2's K in groups of 32: the bfloat16 path's two scales per 64 columns
+        (4, 96, 576, 32),  # SmolLM2's K in groups of 32
         (4, 61, 576, 64),  # rows that do not fill the last block of four
         (4, 40, 192, 96),  # a group size that is not a multiple of 64: the float32 path
         (8, 50, 576, 576),  # per-channel int8

@@ -317,64 +317,6 @@ void tile_float(const QuantizedMatmul& p, int64_t tile, T* out) {
   for (int m = 0; m < M; ++m) store_tile_rows(d, total[m], out + m * p.N + tile * 16, p.N - tile * 16);
 }
 
-#if TOKENYARD_AVX512
-// bfloat16 x on AVX512-BF16: nibble q of the block's 32 16-bit words (word 2r + h: row r's half h), OR-ed into
-// the mantissa of 128.0, is an exact bfloat16 pair per row (bias + code, one logic op) that vdpbf16ps
-// multiplies by the pair x[8b + 2q], x[8b + 2q + 1] broadcast to every lane (the bias comes out with the
-// group's sum of x). T tiles at once, two dot-product chains each.
-inline int32_t pair_at(const uint16_t* x, int64_t k) {  // bfloat16 x[k], x[k + 1] as one 32-bit lane
-  int32_t bits;
-  std::memcpy(&bits, x + k, sizeof bits);
-  return bits;
-}
-
-template <int M, int T, typename Out>
-__attribute__((target("avx512bf16"))) void tiles_bf16(const QuantizedMatmul& p, int64_t tile, Out* out) {
-  const DF d;
-  const int64_t blocks_per_group = p.group / 8, tile_bytes = 8 * p.K;
-  const __m512i low_nibble = _mm512_set1_epi16(15), bias = _mm512_set1_epi16(0x4300);  // bfloat16 128.0
-  __m512 total[T][M], even[T][M], odd[T][M];
-  for (int t = 0; t < T; ++t)
-    for (int m = 0; m < M; ++m) total[t][m] = even[t][m] = odd[t][m] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < p.groups; ++g) {
-    for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
-      for (int t = 0; t < T; ++t) {
-        const uint8_t* block = p.codes + (tile + t) * tile_bytes + 64 * b;
-        hwy::Prefetch(block + kPrefetchBytes);
-        const __m512i words = _mm512_loadu_si512(block);
-        const __m512bh w0 = (__m512bh)_mm512_ternarylogic_epi32(words, low_nibble, bias, 0xEA);  // (w & 15) | bias
-        const __m512bh w1 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(words, 4), low_nibble, bias, 0xEA);
-        const __m512bh w2 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(words, 8), low_nibble, bias, 0xEA);
-        const __m512bh w3 = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 12), bias);
-        for (int m = 0; m < M; ++m) {
-          const uint16_t* x = p.x_bf16 + m * p.K + 8 * b;
-          even[t][m] = _mm512_dpbf16_ps(even[t][m], w0, (__m512bh)_mm512_set1_epi32(pair_at(x, 0)));
-          odd[t][m] = _mm512_dpbf16_ps(odd[t][m], w1, (__m512bh)_mm512_set1_epi32(pair_at(x, 2)));
-          even[t][m] = _mm512_dpbf16_ps(even[t][m], w2, (__m512bh)_mm512_set1_epi32(pair_at(x, 4)));
-          odd[t][m] = _mm512_dpbf16_ps(odd[t][m], w3, (__m512bh)_mm512_set1_epi32(pair_at(x, 6)));
-        }
-      }
-    }
-    for (int t = 0; t < T; ++t) {
-      const int64_t at = ((tile + t) * p.groups + g) * 16;
-      const __m512 scales = load_values(d, p.scales, p.scales_dtype, at).raw;
-      const __m512 mins = p.mins ? load_values(d, p.mins, p.scales_dtype, at).raw : _mm512_setzero_ps();
-      for (int m = 0; m < M; ++m) {
-        const __m512 sum = _mm512_set1_ps(p.x_sums[m * p.groups + g]);
-        const __m512 dot = _mm512_fnmadd_ps(sum, _mm512_set1_ps(128.f), _mm512_add_ps(even[t][m], odd[t][m]));
-        total[t][m] = _mm512_fmadd_ps(mins, sum, _mm512_fmadd_ps(dot, scales, total[t][m]));
-        even[t][m] = odd[t][m] = _mm512_setzero_ps();
-      }
-    }
-  }
-  for (int t = 0; t < T; ++t)
-    for (int m = 0; m < M; ++m) {
-      const VF rows[1] = {VF{total[t][m]}};
-      store_tile_rows(d, rows, out + m * p.N + (tile + t) * 16, p.N - (tile + t) * 16);
-    }
-}
-#endif
-
 #if HWY_TARGET == HWY_AVX2 || TOKENYARD_AVX512
 #define TOKENYARD_INT8_DOT 1
 // One float32 FMA per code and row of x bounds the matmul (see Int8DotForRows for where). Instead x comes as
@@ -494,34 +436,21 @@ bool Int8DotForRows(int64_t M) {
 
 QuantizedMatmul from_row_of_x(QuantizedMatmul p, int64_t m);
 
-// Tiles [begin, end) against M rows of x (bfloat16 dot products: two tiles at a time for one or two rows of x,
-// four independent chains).
+// A tile against M rows of x.
 template <int M, typename T>
-void tiles(const QuantizedMatmul& p, int64_t begin, int64_t end, T* out) {
+void tile(const QuantizedMatmul& p, int64_t index, T* out) {
 #if TOKENYARD_INT8_DOT
   if (p.x_q != nullptr) {
     if constexpr (M > kInt8RowsOfX) {  // two passes over the tile: the accumulators of M rows would spill
-      const QuantizedMatmul rest = from_row_of_x(p, kInt8RowsOfX);
-      for (int64_t tile = begin; tile < end; ++tile) {
-        tile_int8<kInt8RowsOfX>(p, tile, out);
-        tile_int8<M - kInt8RowsOfX>(rest, tile, out + kInt8RowsOfX * p.N);
-      }
+      tile_int8<kInt8RowsOfX>(p, index, out);
+      tile_int8<M - kInt8RowsOfX>(from_row_of_x(p, kInt8RowsOfX), index, out + kInt8RowsOfX * p.N);
     } else {
-      for (int64_t tile = begin; tile < end; ++tile) tile_int8<M>(p, tile, out);
+      tile_int8<M>(p, index, out);
     }
     return;
   }
 #endif
-#if TOKENYARD_AVX512
-  if (p.x_bf16 != nullptr) {
-    int64_t tile = begin;
-    if constexpr (M <= 2)
-      for (; tile + 2 <= end; tile += 2) tiles_bf16<M, 2>(p, tile, out);
-    for (; tile < end; ++tile) tiles_bf16<M, 1>(p, tile, out);
-    return;
-  }
-#endif
-  for (int64_t tile = begin; tile < end; ++tile) tile_float<M>(p, tile, out);
+  tile_float<M>(p, index, out);
 }
 
 // ---- blocks of weight rows against every row of x ---------------------------------------------------------
@@ -544,17 +473,15 @@ void matmul_blocks(const QuantizedMatmul& p, T* out, int64_t begin, int64_t end)
     const int64_t ahead = std::min(kPrefetchRows, p.N - begin * kRows) * p.K;
     for (int64_t byte = 0; byte < ahead; byte += 64) hwy::Prefetch(first + byte);
   }
-  const int64_t step = p.bits == 4 ? 2 : 1;  // tiles go in pairs (see tiles)
-  for (int64_t block = begin; block < end; block += step) {
-    const int64_t block_end = std::min(end, block + step);
+  for (int64_t block = begin; block < end; ++block) {
     for (int64_t m = 0; m < p.M; m += kRowsOfXPerPass) {
       const QuantizedMatmul rows_of_x = from_row_of_x(p, m);
       for_rows_of_x(std::min(kRowsOfXPerPass, p.M - m), [&](auto count) {
         constexpr int M = decltype(count)::value;
         if (p.bits == 4)
-          tiles<M>(rows_of_x, block, block_end, out + m * p.N);
+          tile<M>(rows_of_x, block, out + m * p.N);
         else
-          weight_rows<M>(rows_of_x, block * kRows, std::min(p.N, block_end * kRows), out + m * p.N);
+          weight_rows<M>(rows_of_x, block * kRows, std::min(p.N, (block + 1) * kRows), out + m * p.N);
       });
     }
   }
@@ -589,7 +516,7 @@ constexpr int64_t kBf16Int8FromRows = 4;
 }  // namespace
 
 bool quantized_uses_bf16_dot(DType x_dtype, int bits, int64_t M) {
-  return x_dtype == DType::kBFloat16 && bf16_dot_allowed() && (bits == 4 || M >= kBf16Int8FromRows);
+  return x_dtype == DType::kBFloat16 && bf16_dot_allowed() && bits == 8 && M >= kBf16Int8FromRows;
 }
 
 bool quantized_uses_int8_dot(int bits, int64_t M) {
