@@ -142,9 +142,10 @@ def _schema_literals(schema: object) -> Iterator[str]:
             yield from _schema_literals(item)
     elif isinstance(schema, dict):
         for key, value in schema.items():
-            if key in ("const", "enum", "pattern"):
+            if key in ("const", "enum", "pattern"):  # values the answer spells out: data, not more schema
                 yield from _strings(value)
-            elif key in ("properties", "patternProperties") and isinstance(value, dict):
+                continue
+            if key in ("properties", "patternProperties") and isinstance(value, dict):
                 yield from (name for name in value if isinstance(name, str))
             yield from _schema_literals(value)
 
